@@ -1,0 +1,1 @@
+"""Reading, validating, splitting, caching and batching face datasets."""

@@ -1,0 +1,55 @@
+"""Augmentation on whole batches of tensors (no per-image PIL work in the training loop).
+
+Geometric changes (flip, rotation, zoom, shift) are folded into one affine matrix per image
+and applied with a single ``grid_sample``; photometric ones (brightness, contrast) are
+per-image scalars. Every strength of 0 disables that transform.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..config import AugmentConfig
+
+
+class BatchAugment(torch.nn.Module):
+    def __init__(self, cfg: AugmentConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def active(self) -> bool:
+        c = self.cfg
+        return any(v > 0 for v in (c.flip, c.rotation, c.zoom, c.shift, c.brightness, c.contrast))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: (B, C, H, W) floats in [0, 1]. Returns a tensor of the same shape."""
+        c = self.cfg
+        if not self.active:
+            return x
+        b = x.shape[0]
+        dev = x.device
+
+        def uniform(scale: float) -> torch.Tensor:        # U(-scale, scale), shape (B,)
+            return (torch.rand(b, generator=generator, device="cpu") * 2 - 1).to(dev) * scale
+
+        if c.rotation > 0 or c.zoom > 0 or c.shift > 0 or c.flip > 0:
+            angle = uniform(math.radians(c.rotation))
+            scale = 1.0 + uniform(c.zoom)                 # >1 zooms in
+            flip = torch.where(torch.rand(b, generator=generator).to(dev) < c.flip, -1.0, 1.0)
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.zeros(b, 2, 3, device=dev)
+            # Output->input sampling matrix; the flip negates the x input coordinate.
+            theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin * flip
+            theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+            theta[:, 0, 2], theta[:, 1, 2] = uniform(2 * c.shift), uniform(2 * c.shift)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if c.brightness > 0:
+            x = x * (1.0 + uniform(c.brightness)).view(b, 1, 1, 1)
+        if c.contrast > 0:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * (1.0 + uniform(c.contrast)).view(b, 1, 1, 1) + mean
+        return x.clamp_(0.0, 1.0)

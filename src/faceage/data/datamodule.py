@@ -1,0 +1,145 @@
+"""Batches from the decode cache: read -> validate -> split -> cache -> uint8 batches.
+
+Batches leave here as uint8 ``(B, H, W, C)`` plus label tensors; conversion to float,
+normalization and augmentation happen in the LightningModule, on the training device.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config
+from ..errors import DataError
+from ..labels import age_to_bin
+from ..preprocess import PreprocessSpec
+from .cache import ImageCache
+from .manifest import MISSING, Manifest, Sample, SkipReport
+from .readers import read_dataset
+from .split import apply_split, load_split, make_split, stratified_subset
+
+
+def label_arrays(samples: list[Sample], age_bins) -> dict[str, torch.Tensor]:
+    age = [s.age if s.age is not None else float("nan") for s in samples]
+    return {
+        "age": torch.tensor(age, dtype=torch.float32),
+        "age_bin": torch.tensor([age_to_bin(s.age, age_bins) if s.age is not None else MISSING for s in samples]),
+        "gender": torch.tensor([s.gender for s in samples]),
+        "race": torch.tensor([s.race for s in samples]),
+        "label": torch.tensor([s.label for s in samples]),
+    }
+
+
+class CachedFaces(Dataset):
+    """Indexable by a list of positions (``__getitems__``): one call builds one whole batch."""
+
+    def __init__(self, samples: list[Sample], cache: ImageCache, age_bins):
+        self.samples, self.cache = samples, cache
+        self.digests = [s.digest for s in samples]
+        self.labels = label_arrays(samples, age_bins)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        images = torch.from_numpy(self.cache.gather([self.digests[i] for i in idx]))
+        batch = {k: v[idx] for k, v in self.labels.items()}
+        batch["image"] = images          # (B, H, W, C) uint8
+        batch["index"] = torch.tensor(idx)
+        return batch
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+
+def _identity(batch):
+    return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """A seeded permutation per epoch, so a resumed run sees the same order as an unbroken one."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def _progress(done: int, total: int) -> None:
+    if done == total or done % 500 == 0:
+        print(f"\rdecoding images into cache: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+class FaceDataModule(L.LightningDataModule):
+    def __init__(self, cfg: Config, spec: PreprocessSpec, data_path: str, run_dir: Path | None = None):
+        super().__init__()
+        self.cfg, self.spec, self.data_path, self.run_dir = cfg, spec, data_path, run_dir
+        self.parts: dict[str, list[Sample]] = {}
+        self.manifest: Manifest | None = None
+        self.report = SkipReport()
+        self._prepared = False
+
+    def prepare(self, verbose: bool = True) -> None:
+        """Read, validate, split and cache. Idempotent; also called by ``setup``."""
+        if self._prepared:
+            return
+        d = self.cfg.data
+        manifest, report = read_dataset(self.data_path, d.cache_dir)
+        cache = ImageCache(self.spec, d.cache_dir)
+        samples = manifest.samples
+        if d.limit:
+            samples = stratified_subset(samples, d.limit, d.split_seed)
+        samples = cache.build(samples, report, progress=_progress if verbose else None)
+        if not samples:
+            raise DataError(f"no usable image in {self.data_path} ({len(report)} file(s) skipped)")
+        assignment = load_split(d.split_file) if d.split_file else make_split(samples, d.split, d.split_seed)
+        self.parts, unassigned = apply_split(samples, assignment)
+        if unassigned and verbose:
+            print(f"note: {unassigned} usable image(s) are not named by the split file and are left out", file=sys.stderr)
+        if not self.parts["val"]:
+            raise DataError("the validation split is empty: use more images or a larger data.split[1]")
+        manifest.samples = samples
+        self.manifest, self.report, self.cache, self.assignment = manifest, report, cache, assignment
+        self._prepared = True
+        if verbose:
+            n = {k: len(v) for k, v in self.parts.items()}
+            print(f"data: {len(samples)} usable images (train {n['train']}, val {n['val']}, test {n['test']}); "
+                  + report.summary().replace("\n", "\n      "), file=sys.stderr)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def dataset(self, part: str) -> CachedFaces:
+        return CachedFaces(self.parts[part], self.cache, self.cfg.model.age_bins)
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(part)
+        if shuffle:
+            self.train_sampler = EpochShuffle(len(ds), self.cfg.train.seed)
+            sampler = self.train_sampler
+        else:
+            sampler = None
+        return DataLoader(ds, batch_size=self.cfg.data.batch_size, sampler=sampler, shuffle=False,
+                          collate_fn=_identity, num_workers=self.cfg.data.num_workers,
+                          persistent_workers=self.cfg.data.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,81 @@
+"""The manifest: one record per usable image, plus a report of everything skipped."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MISSING = -1  # label value for "not labelled" (masked out of losses and metrics)
+
+
+@dataclass
+class Sample:
+    path: str                 # absolute path of the image file
+    key: str                  # path relative to the dataset root: stable across machines, used in splits
+    digest: str               # hash of the file's bytes: identifies it in the decode cache
+    age: float | None = None
+    gender: int = MISSING     # 0 male, 1 female
+    race: int = MISSING       # 0..4, see labels.RACES
+    label: int = MISSING      # class index for class-per-subfolder datasets
+
+
+@dataclass
+class Manifest:
+    root: str
+    kind: str                                  # utkface | csv | imagefolder
+    samples: list[Sample]
+    class_names: list[str] = field(default_factory=list)
+
+    def has(self, attr: str) -> bool:
+        """Whether any sample carries this label."""
+        if attr == "age":
+            return any(s.age is not None for s in self.samples)
+        return any(getattr(s, attr) != MISSING for s in self.samples)
+
+
+class SkipReport:
+    """Collects skipped files by reason; prints a short summary, writes the full list."""
+
+    def __init__(self):
+        self.by_reason: dict[str, list[tuple[str, str]]] = defaultdict(list)
+
+    def add(self, reason: str, path: str, detail: str = "") -> None:
+        self.by_reason[reason].append((str(path), detail))
+
+    def merge(self, other: "SkipReport") -> None:
+        for reason, items in other.by_reason.items():
+            self.by_reason[reason].extend(items)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_reason.values())
+
+    def summary(self, examples: int = 5) -> str:
+        if not self:
+            return "skipped: none"
+        lines = [f"skipped {len(self)} file(s):"]
+        for reason, items in sorted(self.by_reason.items()):
+            lines.append(f"  {reason}: {len(items)}")
+            for path, detail in items[:examples]:
+                lines.append(f"    {os.path.basename(path)}" + (f"  ({detail})" if detail else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {r: [{"path": p, "detail": d} for p, d in items] for r, items in sorted(self.by_reason.items())}
+
+    def write(self, path: str | Path) -> None:
+        from ..atomic import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+
+def write_manifest_csv(samples: list[Sample], path: str | Path) -> None:
+    from ..atomic import atomic_write_text
+    import io as _io
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(asdict(samples[0]).keys()) if samples else ["path"])
+    w.writeheader()
+    for s in samples:
+        w.writerow(asdict(s))
+    atomic_write_text(path, buf.getvalue())

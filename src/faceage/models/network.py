@@ -1,0 +1,59 @@
+"""FaceNet: a backbone plus one head per task, with weighted losses and a merged decoding."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..labels import age_to_bin
+from .heads import build_head
+from .spec import ModelSpec
+
+
+class FaceNet(nn.Module):
+    def __init__(self, spec: ModelSpec, backbone: nn.Module, blocks: list[nn.Module], feature_dim: int):
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.blocks = blocks                    # ordered backbone parts, for freeze: blocks:N
+        self.heads = nn.ModuleDict({
+            task: build_head(task, feature_dim, age_bins=spec.age_bins, num_classes=spec.num_classes,
+                             dist_sigma=spec.dist_sigma, hidden=spec.head_hidden, dropout=spec.dense_dropout,
+                             dropout_after=spec.dropout_after, batch_norm=spec.head_batch_norm,
+                             activation=spec.activation, bias=spec.head_bias, l2=spec.l2)
+            for task in spec.tasks
+        })
+        self.register_buffer("bin_edges", torch.tensor(spec.age_bins, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)             # (B, F)
+        return {task: head(features) for task, head in self.heads.items()}
+
+    def losses(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of task losses plus Keras-style L2 penalties; also each part alone."""
+        parts = {task: self.heads[task].loss(out, batch) for task, out in outputs.items()}
+        total = sum(self.spec.tasks[t] * v for t, v in parts.items())
+        l2 = sum(h.l2_penalty() for h in self.heads.values())
+        return total + l2, parts
+
+    @torch.no_grad()
+    def decode(self, outputs: dict) -> dict[str, torch.Tensor]:
+        record: dict[str, torch.Tensor] = {}
+        # age_bins first so that a dedicated regression/distribution age estimate wins.
+        for task in sorted(outputs, key=lambda t: t != "age_bins"):
+            record.update(self.heads[task].decode(outputs[task]))
+        if "age" in record and "age_bin" not in record:
+            record["age_bin"] = torch.bucketize(record["age"], self.bin_edges, right=True).clamp(min=1) - 1
+        return record
+
+    def frozen_modules(self) -> list[nn.Module]:
+        f = self.spec.freeze
+        if f == "backbone":
+            return [self.backbone]
+        if f.startswith("blocks:"):
+            return self.blocks[: int(f[7:])]
+        return []
+
+    def set_frozen(self, frozen: bool) -> None:
+        for m in self.frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(not frozen)

@@ -1,0 +1,114 @@
+"""One front door for models: ``list_models(pattern)`` and ``create_model(name, **options)``.
+
+Each entry holds the model's own defaults as a :class:`ModelSpec`; options left unset never
+override them.
+
+Examples
+--------
+>>> from faceage.models import create_model
+>>> net = create_model("keras-baseline-28")
+>>> sum(p.numel() for p in net.parameters())
+203434
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import LIBRARY_BACKBONES, build_library_backbone
+from .network import FaceNet
+from .reference import ARCHITECTURES, build_reference_backbone
+from .spec import ModelSpec, resolve_spec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str            # "reference" or the library ("timm", "torchvision")
+    description: str
+    defaults: ModelSpec
+
+
+def _reference(name: str, description: str, **kw) -> ModelEntry:
+    return ModelEntry(name, "reference", description, ModelSpec(name=name, **kw))
+
+
+_BINS = {"age_bins": 1.0}
+_AGE_GENDER = {"age_reg": 1.0, "gender": 1.0}
+
+_ENTRIES = [
+    _reference("keras-baseline-28", "Gray 28px, 2 conv + softmax over 10 age bins (the first attempt)",
+               tasks=_BINS, input_size=28, channels=1),
+    _reference("keras-baseline-120", "Gray 120px, 2 conv + dense, no activations, no regularization",
+               tasks=_BINS, input_size=120, channels=1, activation="none", head_hidden=[128], head_bias=False),
+    _reference("keras-regularized-120", "keras-baseline-120 with BN, ReLU, L2 0.01 and dropout 0.5",
+               tasks=_BINS, input_size=120, channels=1, batch_norm="before", head_batch_norm="before",
+               head_hidden=[128, 64], head_bias=False, l2=0.01, dense_dropout=0.5, dropout_after="last"),
+    _reference("utk-custom-128", "RGB 128px, 4 conv blocks, age regression + gender branches",
+               tasks=_AGE_GENDER, input_size=128, channels=3, batch_norm="before",
+               head_hidden=[256, 128], dense_dropout=0.3, l2=0.01),
+    _reference("cifar10-tutorial", "RGB 32px, 3 double-conv blocks + dense 512, 10 classes",
+               tasks={"label": 1.0}, input_size=32, channels=3, head_hidden=[512], num_classes=10),
+    ModelEntry("utk-vgg16-128", "torchvision", "VGG16 (ImageNet), blocks 1-4 frozen, GAP, age + gender",
+               ModelSpec(name="utk-vgg16-128", tasks=_AGE_GENDER, input_size=128, channels=3, pretrained="imagenet",
+                         freeze="blocks:4", head_hidden=[512], dense_dropout=0.5, l2=0.01,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD)),
+]
+for _zoo, (_lib, _libname) in LIBRARY_BACKBONES.items():
+    _ENTRIES.append(ModelEntry(_zoo, _lib, f"{_lib} {_libname} backbone with faceage heads",
+                               ModelSpec(name=_zoo, tasks={"age_dist": 1.0, "gender": 1.0}, input_size=128, channels=3,
+                                         head_hidden=[256], dense_dropout=0.3, mean=IMAGENET_MEAN, std=IMAGENET_STD)))
+
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return [n for n in REGISTRY if fnmatch.fnmatch(n, pattern)]
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in REGISTRY:
+        import difflib
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; run 'faceage models' for the list"
+        raise ConfigError(f"unknown model '{name}'{hint}")
+    return REGISTRY[name]
+
+
+def resolve(name: str, **options) -> ModelSpec:
+    return resolve_spec(get_entry(name).defaults, options)
+
+
+def build_model(spec: ModelSpec) -> FaceNet:
+    entry = get_entry(spec.name)
+    if entry.family == "reference":
+        backbone, blocks = build_reference_backbone(spec)
+        with torch.no_grad():
+            dim = backbone.eval()(torch.zeros(1, spec.channels, spec.input_size, spec.input_size)).shape[1]
+        backbone.train()
+    else:
+        if spec.batch_norm != "none":
+            raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own "
+                              "normalization layers (use model.head_batch_norm for the heads)")
+        zoo = "vgg16" if spec.name == "utk-vgg16-128" else spec.name
+        backbone, blocks, dim = build_library_backbone(spec, zoo)
+    net = FaceNet(spec, backbone, blocks, dim)
+    net.set_frozen(True)
+    return net
+
+
+def create_model(name: str, **options) -> FaceNet:
+    """Build a zoo model; ``options`` are ModelSpec fields (e.g. ``tasks``, ``input_size``)."""
+    return build_model(resolve(name, **options))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable). BatchNorm running statistics are buffers and not counted."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
