@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..labels import age_to_bin
 from .heads import build_head
 from .spec import ModelSpec
 
@@ -57,3 +56,13 @@ class FaceNet(nn.Module):
         for m in self.frozen_modules():
             for p in m.parameters():
                 p.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> "FaceNet":
+        # Frozen parts keep BatchNorm in inference mode (running statistics stay pretrained),
+        # as Keras does for layers with trainable=False.
+        super().train(mode)
+        if mode:
+            for m in self.frozen_modules():
+                if not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self

@@ -1,0 +1,166 @@
+"""Command line: parse -> config -> call the library. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+
+def _cmd_data_inspect(args) -> int:
+    from .data.readers import read_dataset, verify_images
+    from .labels import GENDERS, RACES
+
+    manifest, report = read_dataset(args.path)
+    if not args.no_verify:
+        verify_images(manifest, report)
+    s = manifest.samples
+    info: dict = {"path": args.path, "kind": manifest.kind, "usable": len(s), "skipped": len(report)}
+    ages = [x.age for x in s if x.age is not None]
+    if ages:
+        dec = Counter(min(int(a // 10), 10) for a in ages)
+        info["age_histogram"] = {(f"{d * 10}-{d * 10 + 9}" if d < 10 else "100+"): dec[d] for d in sorted(dec)}
+        info["age_range"] = [min(ages), max(ages)]
+    if manifest.has("gender"):
+        info["gender"] = {GENDERS[g]: n for g, n in sorted(Counter(x.gender for x in s if x.gender >= 0).items())}
+    if manifest.has("race"):
+        info["race"] = {RACES[r]: n for r, n in sorted(Counter(x.race for x in s if x.race >= 0).items())}
+    if manifest.class_names:
+        counts = Counter(x.label for x in s)
+        info["classes"] = {name: counts[i] for i, name in enumerate(manifest.class_names)}
+    if args.report:
+        report.write(args.report)
+    if args.json:
+        info["skipped_by_reason"] = {r: len(v) for r, v in report.by_reason.items()}
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.path}: {manifest.kind} dataset, {len(s)} usable images")
+    if ages:
+        top = max(info["age_histogram"].values())
+        print(f"age: {min(ages):g}-{max(ages):g} years")
+        for k, n in info["age_histogram"].items():
+            print(f"  {k:>7} {n:>6}  {'#' * max(1, round(40 * n / top))}")
+    for key in ("gender", "race", "classes"):
+        if key in info:
+            total = sum(info[key].values())
+            print(f"{key}: " + ", ".join(f"{k} {n} ({n / total:.0%})" for k, n in info[key].items()))
+    print(report.summary())
+    if args.report:
+        print(f"full list of skipped files: {args.report}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models.registry import REGISTRY, count_parameters, create_model, get_entry, list_models
+
+    if args.name:
+        get_entry(args.name)
+        from .models.summary import format_summary
+        # Never download for a summary: the layer table does not depend on the weights.
+        print(format_summary(create_model(args.name, pretrained="none"), max_depth=args.depth))
+        return 0
+    print(f"{'name':<22} {'family':<12} {'params':>12} {'trainable':>12} {'input':>10}  tasks / description")
+    for name in list_models(args.pattern):
+        e = REGISTRY[name]
+        total, trainable = count_parameters(create_model(name, pretrained="none"))
+        d = e.defaults
+        print(f"{name:<22} {e.family:<12} {total:>12,} {trainable:>12,} {f'{d.input_size}x{d.input_size}x{d.channels}':>10}  "
+              f"{'+'.join(d.tasks)}: {e.description}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .training.fit import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            print("faceage: error: --resume continues a run with its saved config; drop --config and overrides",
+                  file=sys.stderr)
+            return 2
+        summary = train(None, args.resume, data=args.data, resume=True)
+        out = args.resume
+    else:
+        if not args.config and not args.overrides:
+            print("faceage: error: give --config configs/NAME.yaml (and/or key=value overrides), or --resume RUN_DIR",
+                  file=sys.stderr)
+            return 2
+        cfg = load_config(args.config, args.overrides)
+        if args.split:
+            cfg.data.split_file = args.split
+        out = args.out or f"runs/{cfg.model.name}"
+        summary = train(cfg, out, data=args.data, overwrite=args.overwrite)
+    best = summary["best"]
+    print(f"done: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}"
+          + (f" ({summary['monitor']} {best.get(summary['monitor'], float('nan')):.4f})" if best else "")
+          + f", {summary['train_seconds']:.0f}s; run directory {out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate, format_report
+    from .training.fit import default_data_path
+
+    m = evaluate(args.model, args.data or default_data_path(), split=args.split, json_path=args.json)
+    print(format_report(m))
+    if args.json:
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="faceage", description="Train, diagnose and run CNN age/gender estimators.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"faceage {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
+    ins = data.add_parser("inspect", help="counts, age histogram, gender/race balance, skipped files")
+    ins.add_argument("path", help="UTKFace folder, .tar.gz/.zip archive, CSV manifest or class-per-subfolder folder")
+    ins.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ins.add_argument("--report", metavar="FILE", help="write every skipped file with its reason (JSON)")
+    ins.add_argument("--no-verify", action="store_true", help="do not decode images (faster; misses corrupt files)")
+    ins.set_defaults(func=_cmd_data_inspect)
+
+    mod = sub.add_parser("models", help="list the model zoo, or show one model's layer table")
+    mod.add_argument("name", nargs="?", help="a model name: print its layer table")
+    mod.add_argument("--pattern", default="*", help="filter names (shell wildcard)")
+    mod.add_argument("--depth", type=int, default=4, help="layer-table nesting depth (default 4)")
+    mod.set_defaults(func=_cmd_models)
+
+    tr = sub.add_parser("train", help="train a model from a recipe")
+    tr.add_argument("--config", help="recipe YAML, e.g. configs/utk-custom-128.yaml")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key, e.g. optim.lr=1e-4")
+    tr.add_argument("--data", help="dataset (default: data.path, else $FACEAGE_DATA, else ../shared/datasets/utkface/UTKFace)")
+    tr.add_argument("--out", help="run directory (default runs/MODEL)")
+    tr.add_argument("--split", metavar="FILE", help="reuse a split.csv (or a run directory's) so runs are comparable")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score a trained model")
+    ev.add_argument("--model", required=True, help="run directory or checkpoint")
+    ev.add_argument("--data", help="dataset to score (default: $FACEAGE_DATA or the shared UTKFace)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="which part of the run's split (default test); a foreign folder is scored whole")
+    ev.add_argument("--json", metavar="FILE", help="write metrics as JSON (plots go beside it)")
+    ev.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import FaceageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FaceageError as exc:
+        print(f"faceage: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("faceage: interrupted (a training run can be continued with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

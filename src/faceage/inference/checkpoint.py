@@ -1,0 +1,103 @@
+"""Self-describing checkpoints: weights + model spec + preprocessing + labels + version.
+
+``load_checkpoint`` needs nothing but the file and reads it with ``weights_only=True``, so a
+checkpoint cannot run code on load. Writes are atomic (temporary file + rename).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..errors import CheckpointError
+from ..labels import bin_labels
+from ..models.registry import build_model
+from ..models.spec import ModelSpec
+
+FORMAT = 1
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def describe(spec: ModelSpec, cfg=None, class_names: list[str] | None = None, dataset: str | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "faceage_version": _version(),
+        "model": spec.to_dict(),
+        "preprocess": spec.preprocess().to_dict(),
+        "labels": {"tasks": dict(spec.tasks), "age_bins": list(spec.age_bins), "age_bin_names": bin_labels(spec.age_bins),
+                   "class_names": list(class_names or [])},
+        "config": cfg.to_dict() if cfg is not None else None,
+        "dataset": dataset,
+    }
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that never leaves a half-written .ckpt behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def resolve_checkpoint_path(model: str | Path) -> Path:
+    """A run directory means its chosen checkpoint (best.ckpt unless the run kept the last weights)."""
+    p = Path(model)
+    if p.is_dir():
+        import json
+        choice = "best.ckpt"
+        info = p / "run.json"
+        if info.is_file():
+            choice = json.loads(info.read_text()).get("final_checkpoint", choice)
+        for name in (choice, "best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.ckpt or last.ckpt: is it a faceage run directory?")
+    if not p.is_file():
+        raise CheckpointError(f"model not found: {p}")
+    return p
+
+
+class LoadedModel:
+    def __init__(self, net, meta: dict, path: Path):
+        self.net, self.meta, self.path = net, meta, path
+        self.spec: ModelSpec = net.spec
+
+    @property
+    def preprocess(self):
+        return self.spec.preprocess()
+
+
+def load_checkpoint(model: str | Path) -> LoadedModel:
+    path = resolve_checkpoint_path(model)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or "faceage" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a faceage checkpoint (no model description inside)")
+    meta = ckpt["faceage"]
+    spec = ModelSpec.from_dict(meta["model"])
+    spec.pretrained = None                      # the weights come from the checkpoint, never a hub
+    net = build_model(spec)
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the described model ({len(missing)} missing, {len(unexpected)} unexpected)")
+    net.eval()
+    return LoadedModel(net, meta, path)

@@ -1,0 +1,128 @@
+"""The LightningModule: uint8 batches in, normalized + augmented on the training device."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torchmetrics
+
+from ..config import Config
+from ..data.augment import BatchAugment
+from ..models.network import FaceNet
+
+# Metric names follow Keras (``mae``, ``val_mae``) so logs read like the write-ups people post.
+METRIC_NAMES = {"age_reg": "mae", "age_dist": "mae", "age_bins": "bin_acc", "gender": "gender_acc",
+                "race": "race_acc", "label": "acc"}
+
+
+def _task_metrics(spec) -> torchmetrics.MetricCollection:
+    m = {}
+    for task in spec.tasks:
+        if task in ("age_reg", "age_dist"):
+            m["mae"] = torchmetrics.MeanAbsoluteError()
+        elif task == "age_bins":
+            m["bin_acc"] = torchmetrics.classification.MulticlassAccuracy(len(spec.age_bins), average="micro", ignore_index=-1)
+        elif task == "gender":
+            m["gender_acc"] = torchmetrics.classification.BinaryAccuracy(ignore_index=-1)
+        elif task == "race":
+            m["race_acc"] = torchmetrics.classification.MulticlassAccuracy(5, average="micro", ignore_index=-1)
+        elif task == "label":
+            m["acc"] = torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro", ignore_index=-1)
+    return torchmetrics.MetricCollection(m)
+
+
+class FaceAgeModule(L.LightningModule):
+    def __init__(self, net: FaceNet, cfg: Config, extra_checkpoint: dict | None = None):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+        self.extra_checkpoint = extra_checkpoint or {}
+        pre = net.spec.preprocess()
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
+        self.augment = BatchAugment(cfg.augment)
+        self.train_metrics = _task_metrics(net.spec)
+        self.val_metrics = _task_metrics(net.spec).clone(prefix="val_")
+
+    def images(self, batch: dict, augment: bool) -> torch.Tensor:
+        x = batch["image"].permute(0, 3, 1, 2).float().div_(255.0)   # (B, C, H, W) in [0, 1]
+        if augment:
+            x = self.augment(x)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(x)
+
+    def _update_metrics(self, metrics, record: dict, batch: dict) -> None:
+        for name, metric in metrics.items():
+            base = name.removeprefix("val_")
+            if base == "mae":
+                valid = ~torch.isnan(batch["age"])
+                if valid.any():
+                    metric.update(record["age"][valid], batch["age"][valid])
+            elif base == "bin_acc":
+                metric.update(record["age_bin"], batch["age_bin"])
+            elif base == "gender_acc":
+                metric.update(record["gender_prob"], batch["gender"])
+            elif base in ("race_acc", "acc"):
+                key = "race" if base == "race_acc" else "label"
+                metric.update(self._logits[key], batch[key])
+
+    def _step(self, batch: dict, train: bool):
+        outputs = self.net(self.images(batch, augment=train))
+        loss, parts = self.net.losses(outputs, batch)
+        self._logits = outputs
+        record = self.net.decode({k: v.detach().float() for k, v in outputs.items()})
+        metrics = self.train_metrics if train else self.val_metrics
+        self._update_metrics(metrics, record, batch)
+        prefix = "" if train else "val_"
+        bs = batch["image"].shape[0]
+        self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=not train)
+        if len(parts) > 1:
+            for task, v in parts.items():
+                self.log(f"{prefix}{task}_loss", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=not train)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, train=True)
+        if not torch.isfinite(loss):
+            # Keep going (the diagnosis reports divergence) but do not poison the weights.
+            return None
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, train=False)
+
+    def configure_optimizers(self):
+        o, s = self.cfg.optim, self.cfg.schedule
+        params = self.net.parameters()
+        if o.name == "adam":
+            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        elif o.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if s.name == "constant":
+            return opt
+        if s.name == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.cfg.train.monitor_mode, factor=s.factor, patience=s.patience)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.train.monitor, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if s.name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total)
+        else:  # cosine with linear warm-up, stepped per batch
+            warm = int(total * s.warmup_epochs / max(1, self.cfg.train.epochs))
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Makes every checkpoint self-describing (see inference/checkpoint.py).
+        from ..inference.checkpoint import describe
+        checkpoint["faceage"] = describe(self.net.spec, self.cfg, **self.extra_checkpoint)
