@@ -24,11 +24,12 @@ def _stratum(s: Sample) -> tuple:
     return (decade, s.gender, s.label)
 
 
-def _stratified_groups(samples: list[Sample], seed: int) -> list[list[Sample]]:
+def _stratified_groups(samples: list[Sample], seed: int, salt: str = "split") -> list[list[Sample]]:
     groups: dict[tuple, list[Sample]] = defaultdict(list)
     for s in sorted(samples, key=lambda s: s.key):
         groups[_stratum(s)].append(s)
-    rng = random.Random(seed)
+    # The salt decorrelates subset selection from split assignment (same seed, different order).
+    rng = random.Random(f"{salt}-{seed}")
     out = []
     for k in sorted(groups):
         g = groups[k]
@@ -42,7 +43,7 @@ def stratified_subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     if n >= len(samples):
         return list(samples)
     picked: list[Sample] = []
-    groups = _stratified_groups(samples, seed)
+    groups = _stratified_groups(samples, seed, salt="subset")
     total = len(samples)
     # Largest-remainder allocation so the counts add up to exactly n.
     quotas = [len(g) * n / total for g in groups]

@@ -64,7 +64,7 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     cfg.data.path = data or cfg.data.path or default_data_path()
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    spec = resolve(cfg.model.name, **vars(cfg.model))
+    spec = resolve(cfg.model.name, **{k: v for k, v in vars(cfg.model).items() if k != "name"})
     dm = FaceDataModule(cfg, spec.preprocess(), cfg.data.path, run_dir=out)
     dm.prepare(verbose=not quiet)
     if "label" in spec.tasks and not spec.num_classes:
