@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (device tool), from the repository root, with .gpu/ carried:
-#   .gpu/utk128/   the shared UTKFace re-encoded by bench/pack_for_device.py
+#   .gpu/utk128.tar.gz  the shared UTKFace re-encoded by bench/pack_for_device.py, tarred
 #   .gpu/weights/  an fp16 copy of ../shared/weights/mobilenet_v2-b0353104.pth
 # Trains the three benchmark recipes in parallel on the fixed split, evaluates each on its
 # test split and leaves logs, run directories (without optimizer-laden checkpoints) and the
 # best recipe's slim checkpoint in $OUT.
 set -u
 export PYTHONPATH=$PWD/src FACEAGE_CACHE=/tmp/fc PYTHONUNBUFFERED=1
-D=.gpu/utk128; S=bench/utkface_split.csv; R=/tmp/runs; LIMIT=${LIMIT:-480}
+D=.gpu/utk128.tar.gz; S=bench/utkface_split.csv; R=/tmp/runs; LIMIT=${LIMIT:-480}
 python3 -c "import torch, lightning, timm; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
