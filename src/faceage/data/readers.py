@@ -12,6 +12,7 @@ import hashlib
 import re
 import shutil
 import tarfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -145,8 +146,8 @@ def _extract_archive(archive: Path, cache_dir: Path) -> Path:
     dest = cache_dir / "archives" / digest
     if (dest / ".complete").exists():
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A private temporary folder + rename: concurrent runs on the same archive never collide.
+    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}.partial")
     tmp.mkdir(parents=True)
     try:
         if archive.name.endswith(".zip"):
@@ -159,8 +160,10 @@ def _extract_archive(archive: Path, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"cannot unpack {archive}: {exc}") from None
     (tmp / ".complete").touch()
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:              # another run finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
