@@ -17,14 +17,19 @@ run() {  # name config extra-overrides...
     > "$OUT/$name.log" 2>&1
   echo "$name: exit $? after $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
 }
-run utk-custom-128 configs/utk-custom-128.yaml &
-run keras-regularized-120 configs/keras-regularized-120.yaml &
-run mobilenetv2-dldl configs/mobilenetv2-dldl.yaml model.pretrained=.gpu/weights/mobilenet_v2-fp16.pth train.precision=bf16-mixed &
+# RUNS picks which recipes to train; they run in parallel (they time-slice the one GPU).
+RUNS=${RUNS:-"utk-custom-128 keras-regularized-120 mobilenetv2-dldl"}
+for name in $RUNS; do
+  case $name in
+    mobilenetv2-dldl) run $name configs/$name.yaml model.pretrained=.gpu/weights/mobilenet_v2-fp16.pth train.precision=bf16-mixed & ;;
+    *) run $name configs/$name.yaml & ;;
+  esac
+done
 wait
-for name in utk-custom-128 keras-regularized-120 mobilenetv2-dldl; do
+for name in $RUNS; do
   python3 -m faceage evaluate --model $R/$name --data $D --split test --json $R/$name/metrics.json 2>&1 | tee -a "$OUT/summary.txt"
 done
-python3 - <<'PY'
+[[ " $RUNS " == *" mobilenetv2-dldl "* ]] && python3 - <<'PY'
 import os, torch
 c = torch.load("/tmp/runs/mobilenetv2-dldl/best.ckpt", map_location="cpu", weights_only=True)
 torch.save({"state_dict": c["state_dict"], "faceage": c["faceage"], "epoch": c["epoch"]}, os.environ["OUT"] + "/mobilenetv2-dldl-best.ckpt")
