@@ -1,0 +1,70 @@
+"""Each head's loss and decoding against golden numbers computed by hand."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from faceage.labels import DEFAULT_AGE_BIN_EDGES
+from faceage.models.heads import AgeBinsHead, AgeDistributionHead, AgeRegressionHead, ClassHead, GenderHead
+
+
+def _batch(**kw):
+    b = {"age": torch.tensor([float("nan")] * 2), "age_bin": torch.tensor([-1, -1]), "gender": torch.tensor([-1, -1]),
+         "race": torch.tensor([-1, -1]), "label": torch.tensor([-1, -1])}
+    b.update(kw)
+    return b
+
+
+def test_age_regression_is_l1_and_masks_missing():
+    h = AgeRegressionHead(4)
+    out = torch.tensor([[30.0], [12.0]])
+    assert h.loss(out, _batch(age=torch.tensor([25.0, float("nan")]))).item() == 5.0
+    assert h.decode(out)["age"].tolist() == [30.0, 12.0]
+    assert h.loss(out, _batch()).item() == 0.0           # no labels -> zero, graph stays connected
+
+
+def test_age_bins_cross_entropy_and_expected_centre():
+    h = AgeBinsHead(4, edges=DEFAULT_AGE_BIN_EDGES)
+    out = torch.zeros(1, 10)
+    out[0, 2] = 10.0                                      # confident "21-30"
+    loss = h.loss(out, _batch(age_bin=torch.tensor([2])))
+    expected = -math.log(math.exp(10) / (math.exp(10) + 9))
+    assert abs(loss.item() - expected) < 1e-5
+    d = h.decode(out)
+    assert d["age_bin"].item() == 2 and abs(d["age"].item() - 25.5) < 0.05
+
+
+def test_age_distribution_golden_numbers():
+    h = AgeDistributionHead(4, sigma=2.0)
+    t = h.target_distribution(torch.tensor([30.0]))
+    assert abs(t.sum().item() - 1) < 1e-6 and t.argmax().item() == 30
+    assert abs(t[0, 32].item() / t[0, 30].item() - math.exp(-0.5)) < 1e-6
+    # Uniform logits: expected age 50, 5%/95% quantiles at years 5 and 95.
+    d = h.decode(torch.zeros(1, 101))
+    assert abs(d["age"].item() - 50.0) < 1e-4
+    assert d["age_low"].item() == 5.0 and d["age_high"].item() == 95.0
+    # Loss on uniform logits for age 50: CE(target, uniform) = log(101); expected-age L1 = 0.
+    loss = h.loss(torch.zeros(1, 101), _batch(age=torch.tensor([50.0])))
+    assert abs(loss.item() - math.log(101)) < 1e-4
+    # A peaked distribution decodes to its peak with a narrow interval.
+    peaked = torch.full((1, 101), -30.0)
+    peaked[0, 42] = 0
+    d = h.decode(peaked)
+    assert abs(d["age"].item() - 42) < 1e-3 and d["age_low"].item() == 42 and d["age_high"].item() == 42
+
+
+def test_gender_bce_and_probability():
+    h = GenderHead(4)
+    out = torch.tensor([[0.0], [2.0]])
+    loss = h.loss(out, _batch(gender=torch.tensor([1, -1])))
+    assert abs(loss.item() - math.log(2)) < 1e-6           # only the labelled image counts
+    assert torch.allclose(h.decode(out)["gender_prob"], torch.tensor([0.5, 1 / (1 + math.exp(-2))]))
+
+
+def test_class_head_for_race_and_labels():
+    h = ClassHead(4, task="race", n_classes=5)
+    out = torch.zeros(2, 5)
+    out[0, 3] = 5.0
+    assert abs(h.loss(out[:1], _batch(race=torch.tensor([3]))).item() - (-math.log(math.exp(5) / (math.exp(5) + 4)))) < 1e-5
+    assert h.decode(out)["race"][0].item() == 3

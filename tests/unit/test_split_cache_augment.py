@@ -1,0 +1,110 @@
+"""Splits are deterministic and stratified; the cache is reused and invalidated correctly;
+augmentation keeps shapes and ranges."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import face_image, write_utk
+from faceage.config import AugmentConfig
+from faceage.data import cache as cache_mod
+from faceage.data.augment import BatchAugment
+from faceage.data.cache import ImageCache
+from faceage.data.manifest import Sample, SkipReport
+from faceage.data.readers import read_dataset
+from faceage.data.split import apply_split, load_split, make_split, save_split, stratified_subset
+from faceage.errors import DataError
+from faceage.preprocess import PreprocessSpec
+
+
+def _samples(n=400):
+    return [Sample(f"/x/{i}", f"k{i:04d}", f"d{i}", age=float(i % 90), gender=i % 2) for i in range(n)]
+
+
+def test_split_is_deterministic_and_stratified(tmp_path):
+    s = _samples()
+    a, b = make_split(s, (0.7, 0.15, 0.15), seed=7), make_split(list(reversed(s)), (0.7, 0.15, 0.15), seed=7)
+    assert a == b                                  # independent of input order
+    assert a != make_split(s, (0.7, 0.15, 0.15), seed=8)
+    counts = Counter(a.values())
+    assert abs(counts["train"] - 280) <= 10 and abs(counts["test"] - 60) <= 10
+    # Every age decade is represented in the test split.
+    test_decades = {int(x.age // 10) for x in s if a[x.key] == "test"}
+    assert test_decades == set(range(9))
+    save_split(a, tmp_path / "split.csv")
+    assert load_split(tmp_path / "split.csv") == a
+    parts, unassigned = apply_split(s + [Sample("/y", "new", "dn", age=3.0)], a)
+    assert unassigned == 1 and sum(len(v) for v in parts.values()) == len(s)
+
+
+def test_subset_is_stratified_and_not_all_train():
+    s = _samples()
+    sub = stratified_subset(s, 100, seed=42)
+    assert len(sub) == 100 and sub == stratified_subset(s, 100, seed=42)
+    parts = Counter(make_split(s, seed=42)[x.key] for x in sub)
+    assert parts["val"] > 0 and parts["test"] > 0
+
+
+def test_bad_split_file(tmp_path):
+    (tmp_path / "s.csv").write_text("key,split\na,holdout\n")
+    with pytest.raises(DataError, match="unknown split name"):
+        load_split(tmp_path / "s.csv")
+    with pytest.raises(DataError, match="not found"):
+        load_split(tmp_path / "nope.csv")
+
+
+def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    paths = [write_utk(folder, 20 + i, 0, 0, seed=i) for i in range(5)]
+    calls = []
+    real = cache_mod.load_image
+    monkeypatch.setattr(cache_mod, "load_image", lambda p, spec: calls.append(p) or real(p, spec))
+    spec = PreprocessSpec(size=24, channels=3)
+    manifest, _ = read_dataset(folder)
+    ImageCache(spec, tmp_path / "c").build(manifest.samples, SkipReport())
+    assert len(calls) == 5
+    # A new cache object (a new run) decodes nothing.
+    c2 = ImageCache(spec, tmp_path / "c")
+    assert c2.build(manifest.samples, SkipReport()) and len(calls) == 5
+    arr = c2.gather([manifest.samples[0].digest])
+    assert arr.shape == (1, 24, 24, 3) and arr.dtype.name == "uint8"
+    # Changed bytes -> only that file is decoded again.
+    face_image(999).save(paths[0], "JPEG")
+    manifest, _ = read_dataset(folder)
+    ImageCache(spec, tmp_path / "c").build(manifest.samples, SkipReport())
+    assert len(calls) == 6
+    # Another spec (grayscale) -> a separate cache, everything decoded once.
+    ImageCache(PreprocessSpec(size=24, channels=1), tmp_path / "c").build(manifest.samples, SkipReport())
+    assert len(calls) == 11
+    assert not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def test_cache_ignores_incomplete_chunk(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_utk(folder, 30, 1, 1, seed=1)
+    manifest, _ = read_dataset(folder)
+    spec = PreprocessSpec(size=16)
+    c = ImageCache(spec, tmp_path / "c")
+    c.build(manifest.samples, SkipReport())
+    data = next((tmp_path / "c").rglob("*.u8"))
+    data.write_bytes(data.read_bytes()[:10])       # simulate a torn write
+    c2 = ImageCache(spec, tmp_path / "c")
+    assert manifest.samples[0].digest not in c2
+    assert c2.build(manifest.samples, SkipReport()) == manifest.samples
+
+
+def test_augment_shapes_ranges_and_identity():
+    x = torch.rand(8, 3, 32, 32)
+    off = BatchAugment(AugmentConfig(flip=0, rotation=0, zoom=0, shift=0, brightness=0, contrast=0))
+    assert not off.active and torch.equal(off(x), x)
+    full = BatchAugment(AugmentConfig(flip=0.5, rotation=20, zoom=0.2, shift=0.1, brightness=0.3, contrast=0.3))
+    y = full(x, generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(y, x)
+    flip = BatchAugment(AugmentConfig(flip=1.0))
+    assert torch.allclose(flip(x), x.flip(-1), atol=1e-5)      # p=1: an exact mirror image
+    g = torch.rand(4, 1, 16, 16)
+    assert full(g).shape == g.shape                           # grayscale too
