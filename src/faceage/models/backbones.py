@@ -71,7 +71,8 @@ def _adapt_stem(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
 def _build_torchvision(lib_name: str, spec: ModelSpec, imagenet: bool) -> tuple[nn.Module, nn.Module, list, int]:
     import torchvision.models as tvm
 
-    weights = "DEFAULT" if imagenet else None
+    # IMAGENET1K_V1: the classic weights, the same file ../shared/weights carries for MobileNetV2.
+    weights = "IMAGENET1K_V1" if imagenet else None
     model = getattr(tvm, lib_name)(weights=weights)
     if lib_name == "mobilenet_v2":
         blocks = list(model.features)

@@ -88,15 +88,17 @@ def build_model(spec: ModelSpec) -> FaceNet:
     entry = get_entry(spec.name)
     if entry.family == "reference":
         backbone, blocks = build_reference_backbone(spec)
-        with torch.no_grad():
-            dim = backbone.eval()(torch.zeros(1, spec.channels, spec.input_size, spec.input_size)).shape[1]
-        backbone.train()
     else:
         if spec.batch_norm != "none":
             raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own "
                               "normalization layers (use model.head_batch_norm for the heads)")
         zoo = "vgg16" if spec.name == "utk-vgg16-128" else spec.name
-        backbone, blocks, dim = build_library_backbone(spec, zoo)
+        backbone, blocks, _ = build_library_backbone(spec, zoo)
+    # Measure the feature width rather than trusting metadata (timm's MobileNetV3 reports 960
+    # but emits 1280 after its conv head); one small forward pass in eval mode.
+    with torch.no_grad():
+        dim = backbone.eval()(torch.zeros(1, spec.channels, spec.input_size, spec.input_size)).shape[1]
+    backbone.train()
     net = FaceNet(spec, backbone, blocks, dim)
     net.set_frozen(True)
     return net
