@@ -52,6 +52,7 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     from .callbacks import History, UnfreezeAt
     from .module import FaceAgeModule
 
+    _quiet_lightning()
     out = Path(out)
     last = out / "last.ckpt"
     if resume:
@@ -136,6 +137,16 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     if trainer.is_global_zero:
         atomic_write_json(out / "run.json", summary)
     return summary
+
+
+def _quiet_lightning() -> None:
+    """Keep the console to faceage's own lines: no device banners, tips or known-benign warnings."""
+    import logging
+    import warnings
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 def _check_labels(spec, dm) -> None:
