@@ -1,0 +1,60 @@
+"""Training options on tiny synthetic data: optimizers, schedules, early stopping, unfreezing,
+and the class-per-subfolder task."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import face_image
+from faceage.config import load_config
+from faceage.errors import ConfigError
+from faceage.training.fit import train
+
+FAST = ["train.progress_bar=false", "data.batch_size=16", "augment.flip=0.5"]
+
+
+def _train(tmp_path, data, overrides, name="run"):
+    cfg = load_config(None, FAST + overrides)
+    return train(cfg, tmp_path / name, data=str(data), quiet=True)
+
+
+@pytest.mark.parametrize("opt, sched", [("sgd", "onecycle"), ("adamw", "cosine"), ("adam", "plateau"), ("adam", "constant")])
+def test_optimizers_and_schedules(tmp_path, synthetic_utk, opt, sched):
+    s = _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", f"optim.name={opt}", f"schedule.name={sched}",
+                                         "schedule.warmup_epochs=1", "train.epochs=2"])
+    rows = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert s["epochs_run"] == 2 and all(r["lr"] >= 0 for r in rows)  # cosine ends at 0
+    if sched in ("cosine", "onecycle"):
+        assert rows[0]["lr"] != rows[1]["lr"]          # the schedule moved the learning rate
+
+
+def test_early_stopping_stops_and_restores_best(tmp_path, synthetic_utk):
+    s = _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "train.epochs=10", "train.early_stopping.enabled=true",
+                                         "train.early_stopping.patience=1", "train.early_stopping.min_delta=1000"])
+    assert s["epochs_run"] == 2 and s["stopped_early"] and s["final_checkpoint"] == "best.ckpt"
+
+
+def test_unfreeze_after_epoch(tmp_path, synthetic_utk, capsys):
+    _train(tmp_path, synthetic_utk, ["model.name=mobilenetv3_small", "model.input_size=32", "model.freeze=backbone",
+                                     "model.unfreeze_epoch=2", "train.epochs=2"])
+    assert "unfroze all layers at epoch 2" in capsys.readouterr().err
+
+
+def test_class_per_subfolder_with_the_cifar_tutorial_model(tmp_path):
+    for c in ("airplane", "cat", "ship"):
+        (tmp_path / "ds" / c).mkdir(parents=True)
+        for i in range(12):
+            face_image(hash((c, i)) % 10_000, size=32).save(tmp_path / "ds" / c / f"{i}.png")
+    s = _train(tmp_path, tmp_path / "ds", ["model.name=cifar10-tutorial", "model.num_classes=3", "train.epochs=1",
+                                           "data.split=[0.6,0.4,0.0]", "model.batch_norm=after", "model.conv_dropout=0.2"])
+    assert s["epochs_run"] == 1 and "acc" in s["best"] and "val_acc" in s["best"]
+
+
+def test_task_without_labels_is_a_config_error(tmp_path):
+    (tmp_path / "ds" / "a").mkdir(parents=True)
+    (tmp_path / "ds" / "b").mkdir(parents=True)
+    for i in range(6):
+        face_image(i).save(tmp_path / "ds" / ("a" if i % 2 else "b") / f"{i}.png")
+    with pytest.raises(ConfigError, match="needs 'age' labels"):
+        _train(tmp_path, tmp_path / "ds", ["model.name=utk-custom-128", "train.epochs=1", "data.split=[0.5,0.5,0.0]"])
