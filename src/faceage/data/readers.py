@@ -204,7 +204,6 @@ def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: st
 
 def verify_images(manifest: Manifest, report: SkipReport) -> Manifest:
     """Decode every image (cheaply, at reduced size) and drop those that fail."""
-    from PIL import Image
     from ..preprocess import ImageDecodeError, open_image
 
     good = []

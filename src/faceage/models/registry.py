@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import LIBRARY_BACKBONES, build_library_backbone
 from .network import FaceNet
-from .reference import ARCHITECTURES, build_reference_backbone
+from .reference import build_reference_backbone
 from .spec import ModelSpec, resolve_spec
 
 
