@@ -44,7 +44,9 @@ class History(L.Callback):
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         if trainer.is_global_zero:
             self.write()
-            print(keras_line(row, self.total_epochs), flush=True)
+            # tqdm.write keeps an active progress bar intact and puts the line on its own row.
+            from tqdm import tqdm
+            tqdm.write(keras_line(row, self.total_epochs), file=sys.stdout)
 
     def write(self) -> None:
         atomic_write_json(self.run_dir / "history.json", self.rows)
