@@ -5,7 +5,7 @@ The device tool carries at most 64 MiB, so every usable image is re-encoded as 1
 which keeps the keys of bench/utkface_split.csv valid. Models trained there see these
 re-encoded pixels; BENCHMARKS.md says so next to every number measured on them.
 
-    .venv/bin/python bench/pack_for_device.py [DATA] [OUT_DIR]
+    .venv/bin/python bench/pack_for_device.py [DATA] [OUT_DIR] [SIZE] [rgb|gray]
 """
 import sys
 from pathlib import Path
@@ -16,12 +16,14 @@ from faceage.data.readers import read_dataset
 
 data = sys.argv[1] if len(sys.argv) > 1 else "../shared/datasets/utkface/UTKFace"
 out = Path(sys.argv[2] if len(sys.argv) > 2 else ".gpu/utk128")
+size = int(sys.argv[3]) if len(sys.argv) > 3 else 128
+mode = "L" if len(sys.argv) > 4 and sys.argv[4] == "gray" else "RGB"
 out.mkdir(parents=True, exist_ok=True)
 manifest, _ = read_dataset(data)
 for s in manifest.samples:
     dest = out / s.key
     if not dest.exists():
-        img = Image.open(s.path).convert("RGB").resize((128, 128), Image.BILINEAR, reducing_gap=2.0)
+        img = Image.open(s.path).convert(mode).resize((size, size), Image.BILINEAR, reducing_gap=2.0)
         img.save(dest, "WEBP", quality=90)
 size = sum(p.stat().st_size for p in out.iterdir())
 print(f"{out}: {len(manifest.samples)} images, {size / 2**20:.1f} MiB")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 
 def _cmd_data_inspect(args) -> int:
@@ -94,6 +96,59 @@ def _cmd_train(args) -> int:
     print(f"done: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}"
           + (f" ({summary['monitor']} {best.get(summary['monitor'], float('nan')):.4f})" if best else "")
           + f", {summary['train_seconds']:.0f}s; run directory {out}")
+    from .evaluation.diagnose import diagnose
+    from .evaluation.histories import load_history
+    rows, _ = load_history(out)
+    print(diagnose(rows).format())
+    return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from .evaluation.diagnose import diagnose, plot_diagnosis
+    from .evaluation.histories import load_history
+
+    rows, kind = load_history(args.source)
+    d = diagnose(rows)
+    if args.plot:
+        plot_diagnosis(rows, d, args.plot)
+    if args.json:
+        print(json.dumps({"source": args.source, "kind": kind, **d.to_dict()}, indent=2, default=float))
+    else:
+        print(f"{args.source}: {kind}, {len(rows)} epochs")
+        print(d.format())
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .evaluation.compare import compare
+
+    _, md = compare(args.runs, args.out)
+    print(md)
+    if args.out:
+        print(f"\nwritten: {args.out}/compare.csv, compare.html, curves.png")
+    return 0
+
+
+def _cmd_ablate(args) -> int:
+    from .evaluation.compare import compare
+    from .training.ablate import PRESETS, ablate, parse_variant
+
+    variants = [parse_variant(v) for v in args.variant]
+    base = args.config
+    if args.preset:
+        preset = PRESETS[args.preset]
+        base = base or preset["base"]
+        variants = preset["variants"] + variants
+    if not base or not variants:
+        print("faceage: error: give --config BASE.yaml and at least one --variant, or --preset NAME", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/ablate-{Path(base).stem}"
+    runs = ablate(base, variants, out, data=args.data, common=args.overrides, epochs=args.epochs, split=args.split)
+    _, md = compare(runs, out)
+    print(md)
+    print(f"\nwritten: {out}/compare.csv, compare.html, curves.png")
     return 0
 
 
@@ -138,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 
+    dg = sub.add_parser("diagnose", help="is it overfitting, since when, and what to try")
+    dg.add_argument("source", help="a faceage run directory, a Keras fit log (text) or a history CSV")
+    dg.add_argument("--json", action="store_true", help="print verdict, qualifiers, epochs, evidence and remedies as JSON")
+    dg.add_argument("--plot", metavar="FILE", help="write the curves with the onset and best epoch marked (PNG)")
+    dg.set_defaults(func=_cmd_diagnose)
+
+    cp = sub.add_parser("compare", help="runs side by side: table (markdown, HTML, CSV) and overlaid curves")
+    cp.add_argument("runs", nargs="+", help="run directories")
+    cp.add_argument("--out", help="folder for compare.csv, compare.html and curves.png")
+    cp.set_defaults(func=_cmd_compare)
+
+    ab = sub.add_parser("ablate", help="train variants of one recipe on the same split, then compare them")
+    ab.add_argument("--config", help="base recipe")
+    ab.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...", help="a variant (repeatable)")
+    from .training.ablate import PRESETS
+    ab.add_argument("--preset", choices=sorted(PRESETS), help="a built-in set of variants")
+    ab.add_argument("--epochs", type=int, help="override train.epochs for every variant")
+    ab.add_argument("--data", help="dataset")
+    ab.add_argument("--split", metavar="FILE", help="split file for every variant (default: the first variant's)")
+    ab.add_argument("--out", help="folder for the variants' run directories (default runs/ablate-BASE)")
+    ab.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every variant")
+    ab.set_defaults(func=_cmd_ablate)
+
     ev = sub.add_parser("evaluate", help="score a trained model")
     ev.add_argument("--model", required=True, help="run directory or checkpoint")
     ev.add_argument("--data", help="dataset to score (default: $FACEAGE_DATA or the shared UTKFace)")
@@ -157,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except FaceageError as exc:
         print(f"faceage: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:          # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("faceage: interrupted (a training run can be continued with --resume RUN_DIR)", file=sys.stderr)
         return 130

@@ -39,9 +39,11 @@ class ModelConfig:
     freeze: str | None = None              # "none" | "backbone" (all but heads) | "blocks:N"
     unfreeze_epoch: int | None = None      # unfreeze everything at the start of this epoch
     batch_norm: str | None = None          # "none" | "before" (conv->BN->act) | "after" (conv->act->BN)
+    head_batch_norm: str | None = None     # the same for the hidden dense layers of each head
     activation: str | None = None          # "relu" | "none" (reference models only)
     conv_dropout: float | None = None      # dropout after each pooling block (reference CNNs)
     dense_dropout: float | None = None     # dropout after hidden dense layers of each head
+    dropout_after: str | None = None       # "each" hidden dense layer or only the "last"
     head_hidden: list[int] | None = None   # hidden dense widths of each head
     l2: float | None = None                # Keras-style kernel L2 on dense layers: loss += l2 * sum(w^2)
     age_bins: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BIN_EDGES))
