@@ -102,6 +102,8 @@ def overlaid_curves(rows: list[dict], path: Path) -> None:
             ep = [x["epoch"] for x in h]
             ax.plot(ep, [x.get(f"val_{key}", math.nan) for x in h], "-", color=color, label=f"{r['run']} (val)")
             ax.plot(ep, [x.get(key, math.nan) for x in h], ":", color=color, alpha=0.7)
+        if key == "loss" and all(x.get(k, 1) > 0 for r in rows for x in r["_history"] for k in ("loss", "val_loss")):
+            ax.set_yscale("log")        # one variant's first epochs must not flatten everyone else's curves
         ax.set_title(f"{title}: validation (solid) and training (dotted)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

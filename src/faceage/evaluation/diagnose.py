@@ -17,7 +17,8 @@ the evidence of every diagnosis:
   and validation improved by more than 2% over the last third; or fewer than 4 epochs, with
   validation better at the end than at the start (too short to see a plateau).
 - STALLED (underfitting): both series plateaued, the train/validation gap is under 10%, and
-  training removed less than half of its initial loss.
+  training removed less than half of its loss (counted from the second epoch when there are
+  6 epochs or more: the first epoch's average is dominated by the random start).
 - UNSTABLE: a non-finite loss, a training-loss spike of more than 50% from one epoch to the
   next, or training loss ending 20% above its own minimum.
 - NOISY VALIDATION (a qualifier): validation deviates from its 5-epoch rolling median by more
@@ -179,7 +180,11 @@ def diagnose(rows: list[dict]) -> Diagnosis:
     train_impr = _improvement(train, mode) if len(finite_train) >= 3 else 0.0
     val_impr = _improvement(val, mode) if has_val and n >= 3 else 0.0
     ev.update({"train_improvement_last_third": round(train_impr, 4), "val_improvement_last_third": round(val_impr, 4)})
-    learned = float(finite_train[-1] / finite_train[0]) if mode == "min" and len(finite_train) and finite_train[0] else None
+    # Measured from the second epoch when there are 6 or more: the first epoch's average is
+    # dominated by the random start (and by a large initial L2 penalty), which would make any
+    # model look like it learned a lot.
+    start = finite_train[1] if len(finite_train) >= 6 else (finite_train[0] if len(finite_train) else 0)
+    learned = float(finite_train[-1] / start) if mode == "min" and len(finite_train) and start else None
     ev["train_loss_end_over_start"] = None if learned is None else round(learned, 4)
 
     verdict, onset = None, None
