@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_text
 from ..config import config_from_dict
 from ..errors import DataError
 from .diagnose import diagnose
@@ -89,9 +89,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def overlaid_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure
     metric = next((m for m in ("mae", "bin_acc", "acc", "gender_acc") if all(f"val_{m}" in r["_history"][0] for r in rows)), None)
     panels = [("loss", "loss")] + ([(metric, metric)] if metric else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
@@ -108,10 +106,7 @@ def overlaid_curves(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def compare(runs: list[str | Path], out: str | Path | None = None) -> tuple[list[dict], str]:

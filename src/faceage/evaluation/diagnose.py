@@ -144,7 +144,6 @@ def diagnose(rows: list[dict]) -> Diagnosis:
     ev: dict = {"epochs": n, "monitor": name, "mode": mode}
     summary: list[str] = []
     qualifiers: list[str] = []
-    worse = (lambda a, b: a > b) if mode == "min" else (lambda a, b: a < b)
 
     # --- instability -----------------------------------------------------------------------
     finite_train = train[np.isfinite(train)]
@@ -305,12 +304,7 @@ def remedies(verdict: str, qualifiers: list[str], ev: dict, name: str) -> list[d
 def plot_diagnosis(rows: list[dict], d: Diagnosis, path) -> None:
     from pathlib import Path
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_write_bytes
-    import io
+    from .plots import plt, save_figure
     name = d.monitor
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -326,7 +320,4 @@ def plot_diagnosis(rows: list[dict], d: Diagnosis, path) -> None:
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_figure(fig, Path(path))

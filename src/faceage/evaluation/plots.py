@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from ..atomic import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -48,7 +49,7 @@ def learning_curves(rows: list[dict], out_dir: Path, monitor: str = "val_loss", 
         ax.legend()
         ax.grid(alpha=0.3)
         p = out_dir / f"{name}.png"
-        _save(fig, p)
+        save_figure(fig, p)
         paths.append(p)
     return paths
 
@@ -61,7 +62,7 @@ def predicted_vs_true(true: np.ndarray, pred: np.ndarray, path: Path) -> None:
     ax.set_xlabel("true age")
     ax.set_ylabel("predicted age")
     ax.set_title("Predicted vs true age")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def error_by_age(true: np.ndarray, pred: np.ndarray, path: Path) -> None:
@@ -73,7 +74,7 @@ def error_by_age(true: np.ndarray, pred: np.ndarray, path: Path) -> None:
     ax.set_xlabel("true age (decade)")
     ax.set_ylabel("MAE (years)")
     ax.set_title("Age error by true age")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> None:
@@ -87,4 +88,4 @@ def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> N
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
