@@ -122,16 +122,14 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     learning_curves(rows, out / "curves", t.monitor, t.monitor_mode)
     best = best_epoch(rows, t.monitor, t.monitor_mode)
     final = "best.ckpt" if (not es.enabled or es.restore_best) else "last.ckpt"
-    prior = {}
-    if resume and (out / "run.json").is_file():
-        import json
-        prior = json.loads((out / "run.json").read_text())
     summary = {
         "model": spec.name, "epochs_run": len(rows), "max_epochs": t.epochs, "best_epoch": best,
         "stopped_early": bool(es.enabled and len(rows) < t.epochs),
-        "train_seconds": round(seconds + prior.get("train_seconds", 0.0), 1),
+        # Sum of epoch times from the history, which checkpoints carry: survives kill + resume.
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
+        "wall_seconds_this_session": round(seconds, 1),
         "final_checkpoint": final, "monitor": t.monitor,
-        "best": {k: v for k, v in (rows[best - 1] if best else {}).items()},
+        "best": next((dict(r) for r in rows if r["epoch"] == best), {}),
         "n_images": {k: len(v) for k, v in dm.parts.items()},
     }
     if trainer.is_global_zero:
