@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..atomic import atomic_write_json
 from ..data.cache import ImageCache
@@ -13,25 +12,19 @@ from ..data.manifest import Sample, SkipReport
 from ..data.readers import read_dataset
 from ..data.split import apply_split, load_split
 from ..errors import DataError
-from ..inference.checkpoint import load_checkpoint
+from ..inference.runners import load_runner
 from ..labels import RACES, bin_labels
 from . import metrics as M
 from . import plots
 
 
-@torch.inference_mode()
-def predict_samples(loaded, cache: ImageCache, samples: list[Sample], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Run the network over cached images; returns the concatenated prediction record."""
-    pre = loaded.preprocess
-    mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std).view(1, -1, 1, 1)
+def predict_samples(runner, cache: ImageCache, samples: list[Sample], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run a model runner (torch or ONNX) over cached crops; returns the concatenated record."""
     parts: dict[str, list] = {}
     for i in range(0, len(samples), batch_size):
-        imgs = torch.from_numpy(cache.gather([s.digest for s in samples[i:i + batch_size]]))
-        x = (imgs.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        record = loaded.net.decode(loaded.net(x.contiguous(memory_format=torch.channels_last)))
+        record = runner.predict(cache.gather([s.digest for s in samples[i:i + batch_size]]))
         for k, v in record.items():
-            parts.setdefault(k, []).append(v.float().numpy())
+            parts.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -56,7 +49,7 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None) -> tupl
 
 def evaluate(model: str, data: str, split: str | None = "test", json_path: str | None = None,
              plots_dir: str | None = None, cache_dir=None, quiet: bool = False) -> dict:
-    loaded = load_checkpoint(model)
+    loaded = load_runner(model)
     spec = loaded.spec
     samples, report, scope = select_samples(loaded, data, split, cache_dir)
     cache = ImageCache(loaded.preprocess, cache_dir)
@@ -64,7 +57,7 @@ def evaluate(model: str, data: str, split: str | None = "test", json_path: str |
     if not samples:
         raise DataError(f"no usable image to evaluate in {data} ({scope})")
     if not quiet:
-        print(f"evaluating {loaded.path} on {len(samples)} images ({scope})", file=sys.stderr)
+        print(f"evaluating {loaded.path} ({type(loaded).__name__[:-6].lower()}) on {len(samples)} images ({scope})", file=sys.stderr)
     rec = predict_samples(loaded, cache, samples)
     age = np.array([s.age if s.age is not None else np.nan for s in samples], dtype=np.float64)
     gender = np.array([s.gender for s in samples])

@@ -36,12 +36,17 @@ class FaceNet(nn.Module):
 
     @torch.no_grad()
     def decode(self, outputs: dict) -> dict[str, torch.Tensor]:
+        return self.decode_graph(outputs)
+
+    def decode_graph(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """Decoding as plain tensor ops (no autograd context), so it can live inside an ONNX graph."""
         record: dict[str, torch.Tensor] = {}
         # age_bins first so that a dedicated regression/distribution age estimate wins.
         for task in sorted(outputs, key=lambda t: t != "age_bins"):
             record.update(self.heads[task].decode(outputs[task]))
         if "age" in record and "age_bin" not in record:
-            record["age_bin"] = torch.bucketize(record["age"], self.bin_edges, right=True).clamp(min=1) - 1
+            # Index of the last bin edge <= age (comparisons export to ONNX; bucketize does not).
+            record["age_bin"] = ((record["age"].unsqueeze(1) >= self.bin_edges).sum(dim=1) - 1).clamp(min=0)
         return record
 
     def frozen_modules(self) -> list[nn.Module]:

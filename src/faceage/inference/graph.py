@@ -1,0 +1,26 @@
+"""InferenceGraph: the whole inference path as one torch module (and so one ONNX graph).
+
+Input ``image``: uint8 ``(B, H, W, C)`` pixels at the model's input size, exactly what the
+decode cache and the aligner produce. Output: the decoded prediction record (see
+``models/heads.py``), one tensor per field, in sorted key order.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..models.network import FaceNet
+
+
+class InferenceGraph(nn.Module):
+    def __init__(self, net: FaceNet):
+        super().__init__()
+        self.net = net
+        pre = net.spec.preprocess()
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std      # (B, C, H, W), normalized
+        record = self.net.decode_graph(self.net(x))
+        return {k: record[k].float() for k in sorted(record)}

@@ -1,0 +1,68 @@
+"""Model runners: uint8 face crops in, decoded prediction records out (NumPy).
+
+``TorchRunner`` wraps a checkpoint, ``OnnxRunner`` an exported ``.onnx`` file (onnxruntime
+only: no torch import). Both run the same graph: pixel normalization -> network -> decoding,
+built once by :class:`InferenceGraph`, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+
+def load_runner(model: str | Path):
+    """A run directory or ``.ckpt`` -> TorchRunner; an ``.onnx`` file -> OnnxRunner."""
+    p = Path(model)
+    if p.suffix.lower() == ".onnx":
+        return OnnxRunner(p)
+    return TorchRunner(p)
+
+
+class TorchRunner:
+    def __init__(self, model: str | Path):
+        import torch
+
+        from .checkpoint import load_checkpoint
+        from .graph import InferenceGraph
+        self.loaded = load_checkpoint(model)
+        self.path, self.meta, self.spec = self.loaded.path, self.loaded.meta, self.loaded.spec
+        self.preprocess = self.loaded.preprocess
+        self.graph = InferenceGraph(self.loaded.net).eval()
+        self._torch = torch
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``images``: (B, H, W, C) uint8 at the model's input size."""
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.graph(torch.from_numpy(np.ascontiguousarray(images)))
+        return {k: v.float().numpy() for k, v in out.items()}
+
+
+class OnnxRunner:
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        from ..preprocess import PreprocessSpec
+        self.path = Path(path)
+        sidecar = self.path.with_suffix(".json")
+        if not self.path.is_file():
+            raise CheckpointError(f"model not found: {self.path}")
+        if not sidecar.is_file():
+            raise CheckpointError(f"{sidecar} is missing: an exported model needs its sidecar JSON (faceage export writes both)")
+        self.meta = json.loads(sidecar.read_text())
+        self.preprocess = PreprocessSpec.from_dict(self.meta["preprocess"])
+        from ..models.spec import ModelSpec
+        self.spec = ModelSpec.from_dict(self.meta["model"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+            raise CheckpointError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in zip(self.outputs, res)}

@@ -1,0 +1,79 @@
+"""ONNX export: dynamic batch, sidecar, agreement with torch, and evaluation through onnxruntime."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from faceage.config import Config
+from faceage.errors import CheckpointError
+from faceage.inference.checkpoint import AtomicCheckpointIO, describe
+from faceage.inference.export import export_onnx
+from faceage.inference.runners import OnnxRunner, TorchRunner, load_runner
+from faceage.models.registry import create_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = create_model("utk-custom-128", input_size=48, tasks={"age_dist": 1.0, "gender": 1.0, "race": 0.5})
+    path = tmp_path_factory.mktemp("ckpt") / "m.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                                          "faceage": describe(net.spec, Config())}, path)
+    return path
+
+
+def test_export_matches_torch_and_has_a_dynamic_batch(checkpoint, tmp_path):
+    report = export_onnx(checkpoint, tmp_path / "m.onnx")
+    assert report["max_abs_diff"] <= 1e-4
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["preprocess"]["size"] == 48 and meta["input"]["dtype"] == "uint8"
+    assert meta["outputs"] == ["age", "age_bin", "age_high", "age_low", "gender_prob", "race", "race_prob"]
+    assert meta["verification"]["max_abs_diff"] == report["max_abs_diff"]
+    onnx_runner, torch_runner = load_runner(tmp_path / "m.onnx"), load_runner(checkpoint)
+    assert isinstance(onnx_runner, OnnxRunner) and isinstance(torch_runner, TorchRunner)
+    for batch in (1, 3, 17):
+        x = np.random.default_rng(batch).integers(0, 256, (batch, 48, 48, 3), dtype=np.uint8)
+        a, b = onnx_runner.predict(x), torch_runner.predict(x)
+        assert set(a) == set(b) and all(a[k].shape == (batch,) for k in a)
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
+        assert np.all(a["age_low"] <= a["age"] + 1) and np.all(a["age"] <= a["age_high"] + 1)
+
+
+def test_onnx_runner_needs_no_torch(checkpoint, tmp_path):
+    export_onnx(checkpoint, tmp_path / "m.onnx")
+    code = ("import sys, numpy as np; from faceage.inference.runners import OnnxRunner; "
+            f"r = OnnxRunner({str(tmp_path / 'm.onnx')!r}); "
+            "out = r.predict(np.zeros((2, 48, 48, 3), np.uint8)); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(sorted(out))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "gender_prob" in r.stdout
+
+
+def test_cli_export_and_evaluate_with_onnx(checkpoint, tmp_path, synthetic_utk):
+    r = subprocess.run([sys.executable, "-m", "faceage", "export", str(checkpoint), "--out", str(tmp_path / "x.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "max abs diff vs torch" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "faceage", "evaluate", "--model", str(tmp_path / "x.onnx"), "--data",
+                        str(synthetic_utk), "--json", str(tmp_path / "m.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 60
+
+
+def test_onnx_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        OnnxRunner(tmp_path / "none.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="sidecar"):
+        OnnxRunner(tmp_path / "bad.onnx")
+    (tmp_path / "bad.json").write_text(json.dumps({"preprocess": {"size": 8, "channels": 3, "mean": [0], "std": [1],
+                                                                  "crop": "center_square"}, "model": {"name": "x", "tasks": {},
+                                                                                                       "input_size": 8, "channels": 3}}))
+    with pytest.raises(CheckpointError, match="onnxruntime cannot load"):
+        OnnxRunner(tmp_path / "bad.onnx")
