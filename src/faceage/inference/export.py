@@ -7,7 +7,6 @@ on sample inputs at two batch sizes.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
