@@ -5,13 +5,16 @@ code paths need not import torch.
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models", "load_checkpoint"]
+__all__ = ["__version__", "analyze", "Predictor", "Face", "create_model", "list_models", "load_checkpoint"]
 
 
 def __getattr__(name):
     if name in ("create_model", "list_models"):
         from .models import registry
         return getattr(registry, name)
+    if name in ("analyze", "Predictor", "Face"):
+        from .inference import predictor
+        return getattr(predictor, name)
     if name == "load_checkpoint":
         from .inference.checkpoint import load_checkpoint
         return load_checkpoint

