@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -63,6 +64,8 @@ def open_image(source) -> Image.Image:
                 raise ImageDecodeError("empty file")
             img = Image.open(io.BytesIO(source))
         else:
+            if os.path.getsize(source) == 0:
+                raise ImageDecodeError("empty file")
             img = Image.open(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

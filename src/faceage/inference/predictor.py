@@ -6,7 +6,6 @@ torch through the same graph.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
