@@ -21,13 +21,13 @@ files = sorted(data.glob("*.chip.jpg"))[::40][:n]
 det = RetinaFaceDetector(score_threshold=0.5)
 pts, missed = [], 0
 for f in files:
-    img = np.asarray(open_image(f).convert("RGB"))
+    img = open_image(f).convert("RGB")
     faces = det.detect(img)
     if not faces:
         missed += 1
         continue
     best = max(faces, key=lambda d: d.score)
-    pts.append(best.landmarks / np.array([img.shape[1], img.shape[0]]))
+    pts.append(best.landmarks / np.array(img.size))
 pts = np.array(pts)
 print(f"{len(pts)} chips, {missed} without a detection")
 print("CANONICAL_LANDMARKS =", np.round(pts.mean(0), 4).tolist())

@@ -20,27 +20,29 @@ class Detection:
 
 
 class Detector(Protocol):
-    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+    def detect(self, image) -> list[Detection]: ...   # an RGB PIL image (or an (H, W, 3) uint8 array)
 
 
 class RetinaFaceDetector:
     """Detects on a copy downscaled so its longer side is at most ``max_side`` pixels (fast on
     large photos); coordinates are mapped back to the original."""
 
-    def __init__(self, score_threshold: float = 0.8, max_side: int = 800, nms_threshold: float = 0.4):
+    # 640 px: detection is most of the time per photo (54 ms at 800 px vs 32 ms at 640 px on a
+    # 1 MP photo, 2 CPU cores) and faces down to ~25 px in a 1 MP photo are still found.
+    def __init__(self, score_threshold: float = 0.8, max_side: int = 640, nms_threshold: float = 0.4):
         self.score_threshold, self.max_side, self.nms_threshold = score_threshold, max_side, nms_threshold
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
+    def detect(self, image) -> list[Detection]:
         from PIL import Image
         from retinaface import detect_faces
 
-        h, w = rgb.shape[:2]
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        w, h = image.size
         scale = min(1.0, self.max_side / max(h, w))
-        small = rgb
-        if scale < 1.0:
-            small = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                           Image.BILINEAR, reducing_gap=2.0))
-        faces = detect_faces(np.ascontiguousarray(small), score_threshold=self.score_threshold,
+        if scale < 1.0:   # downscale the PIL image itself: no full-size NumPy copies of a 50 MP photo
+            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR, reducing_gap=2.0)
+        faces = detect_faces(np.asarray(image), score_threshold=self.score_threshold,
                              nms_threshold=self.nms_threshold)
         out = []
         for f in faces:

@@ -72,7 +72,7 @@ class Predictor:
         self.bin_names = bin_labels(self.runner.spec.age_bins)
 
     def _crops(self, rgb: Image.Image):
-        detections = self.detector.detect(np.asarray(rgb))
+        detections = self.detector.detect(rgb)
         crops = []
         for d in detections:
             crop = align_face(rgb, d.landmarks, self.pre.size)
