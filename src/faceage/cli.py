@@ -156,7 +156,7 @@ def _cmd_predict(args) -> int:
     import csv as _csv
 
     from .data.readers import IMAGE_SUFFIXES
-    from .inference.predictor import Predictor, annotate, read_for_predict
+    from .inference.predictor import Predictor
 
     files: list[Path] = []
     for raw in args.paths:
@@ -170,22 +170,7 @@ def _cmd_predict(args) -> int:
         return 2
     predictor = Predictor(args.model, batch_size=args.batch)
     show_bar = any(Path(r).is_dir() for r in args.paths) and len(files) > 1
-    results = []
-    from tqdm import tqdm
-    chunk = max(1, args.batch // 2)
-    for i in tqdm(range(0, len(files), chunk), disable=not show_bar, desc="photos", unit="batch", file=sys.stderr):
-        group = files[i:i + chunk]
-        loaded = [(f, *read_for_predict(f)) if f.is_file() else (f, None, "file not found") for f in group]
-        ok = [(f, img) for f, img, err in loaded if img is not None]
-        faces_by = dict(zip((f for f, _ in ok), predictor.analyze_many([img for _, img in ok]))) if ok else {}
-        for f, img, err in loaded:
-            faces = faces_by.get(f, [])
-            results.append({"path": str(f), "faces": [x.to_dict() for x in faces], "error": err,
-                            "note": None if err or faces else "no face found"})
-            if args.annotate and img is not None:
-                out_dir = Path(args.annotate)
-                out_dir.mkdir(parents=True, exist_ok=True)
-                annotate(img, faces).save(out_dir / f"{f.stem}.annotated.png")
+    results = predictor.predict_files(files, args.annotate, photos_per_batch=max(1, args.batch // 2), progress=show_bar)
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.csv:

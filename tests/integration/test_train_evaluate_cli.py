@@ -36,6 +36,7 @@ def test_train_writes_a_complete_run_directory(trained_run):
                  "last.ckpt", "run.json", "curves/loss.png", "curves/mae.png", "curves/gender_acc.png"):
         assert (out / name).is_file(), name
     assert "Epoch 2/2 - " in r.stdout and " - val_mae: " in r.stdout
+    assert "Verdict: " in r.stdout and "What to try" in r.stdout      # train ends with its diagnosis
     rows = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in rows] == [1, 2]
     assert rows[1]["loss"] < rows[0]["loss"], "training loss should fall on real faces"

@@ -121,6 +121,26 @@ class Predictor:
     def analyze(self, image) -> list[Face]:
         return self.analyze_many([image])[0]
 
+    def predict_files(self, files: list[Path], annotate_dir: Path | None = None, photos_per_batch: int = 16,
+                      progress: bool = False) -> list[dict]:
+        """One result per file: ``{path, faces, error, note}``. A file that cannot be read gets
+        an error and the others go on; faces of several photos share model batches."""
+        from tqdm import tqdm
+        results = []
+        for i in tqdm(range(0, len(files), photos_per_batch), disable=not progress, desc="photos", unit="batch"):
+            group = [Path(f) for f in files[i:i + photos_per_batch]]
+            loaded = [(f, *read_for_predict(f)) if f.is_file() else (f, None, "file not found") for f in group]
+            ok = [(f, img) for f, img, _ in loaded if img is not None]
+            faces_by = dict(zip((f for f, _ in ok), self.analyze_many([img for _, img in ok]))) if ok else {}
+            for f, img, err in loaded:
+                faces = faces_by.get(f, [])
+                results.append({"path": str(f), "faces": [x.to_dict() for x in faces], "error": err,
+                                "note": None if err or faces else "no face found"})
+                if annotate_dir is not None and img is not None:
+                    Path(annotate_dir).mkdir(parents=True, exist_ok=True)
+                    annotate(img, faces).save(Path(annotate_dir) / f"{f.stem}.annotated.png")
+        return results
+
 
 _DEFAULT: Predictor | None = None
 
