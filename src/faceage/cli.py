@@ -203,11 +203,20 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
-    r = export_onnx(args.model, args.out)
+    r = export_onnx(args.model, args.out, metrics=args.metrics)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:g})")
     return 0
+
+
+def _cmd_serve(args) -> int:
+    from .serve.settings import ServeSettings
+    settings = ServeSettings(model=args.model, host=args.host, port=args.port, workers=args.workers,
+                             max_file_mb=args.max_file_mb, max_files=args.max_files,
+                             max_megapixels=args.max_megapixels, queue_timeout_s=args.timeout)
+    from .serve.server import serve
+    return serve(settings)
 
 
 def _cmd_evaluate(args) -> int:
@@ -288,7 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="run directory or checkpoint")
     ex.add_argument("--format", default="onnx", choices=["onnx"])
     ex.add_argument("--out", help="output .onnx (default: RUN_DIR/model.onnx)")
+    ex.add_argument("--metrics", help="`faceage evaluate --json` output whose headline numbers go into the sidecar "
+                                      "(default: metrics.json beside the checkpoint, if any)")
     ex.set_defaults(func=_cmd_export)
+
+    sv = sub.add_parser("serve", help="a local web page and HTTP API for a model (FastAPI + uvicorn)")
+    sv.add_argument("--model", help="run directory, checkpoint or exported .onnx (default: the shipped model)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1,
+                    help="inference threads; requests beyond them queue (default 1)")
+    sv.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload per file (default 10)")
+    sv.add_argument("--max-files", type=int, default=16, help="most files per request (default 16)")
+    sv.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image (default 50)")
+    sv.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a request may wait for a worker before a 503 (default 30)")
+    sv.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser("evaluate", help="score a trained model")
     ev.add_argument("--model", required=True, help="run directory, checkpoint or exported .onnx")

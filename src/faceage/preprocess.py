@@ -56,8 +56,11 @@ class ImageDecodeError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def open_image(source) -> Image.Image:
-    """Open and fully decode an image from a path or bytes, honouring EXIF orientation."""
+def open_image(source, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image from a path or bytes, honouring EXIF orientation.
+
+    Pillow's decompression-bomb guard always applies; ``max_pixels`` sets a stricter limit
+    (the web service's), checked from the header before any pixel is decoded."""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
@@ -67,6 +70,9 @@ def open_image(source) -> Image.Image:
             if os.path.getsize(source) == 0:
                 raise ImageDecodeError("empty file")
             img = Image.open(source)
+        if max_pixels and img.width * img.height > max_pixels:
+            raise ImageDecodeError("image too large", f"{img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP, "
+                                                      f"the limit is {max_pixels / 1e6:g} MP")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()

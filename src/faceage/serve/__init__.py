@@ -1,0 +1,1 @@
+"""`faceage serve`: a private local web page and HTTP API over a model (FastAPI + uvicorn)."""

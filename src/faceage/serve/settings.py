@@ -1,0 +1,31 @@
+"""What `faceage serve` can be told; every limit has a safe default."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str | None = None            # None: the shipped default model
+    host: str = "127.0.0.1"             # loopback only unless asked: see README "Serving"
+    port: int = 8000
+    # Inference threads. Requests beyond them wait for a free one, at most `queue_timeout_s`.
+    workers: int = 1
+    max_file_mb: float = 10.0           # per uploaded file -> 413 above it
+    max_files: int = 16                 # per request -> 413 above it
+    max_megapixels: float = 50.0        # per image, read from the header -> 413 above it
+    queue_timeout_s: float = 30.0       # waiting for a worker longer than this -> 503
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    @property
+    def threads_per_worker(self) -> int:
+        """onnxruntime threads per worker, so that workers together use the cores once."""
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
