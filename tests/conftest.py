@@ -69,3 +69,19 @@ def real_subset(tmp_path_factory) -> Path:
     for p in files:
         shutil.copy(p, dest / p.name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(tmp_path_factory) -> Path:
+    """scikit-image's public-domain 'astronaut' photo (one face), as a PNG file."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image (the 'demo' extra) provides the sample photo")
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_predictor():
+    """The shipped default model with the real detector, loaded once for the serving tests."""
+    from faceage.inference.predictor import Predictor
+    return Predictor()

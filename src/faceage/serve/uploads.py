@@ -74,7 +74,7 @@ class _Collector:
             return
         if len(self._current.data) + (end - start) > self.max_file_bytes:
             raise UploadError(413, f"{self._current.filename}: file larger than the limit of "
-                                   f"{self.max_file_bytes / 2**20:g} MB")
+                                   f"{self.max_file_bytes / 2**20:.3g} MB")
         self._current.data += data[start:end]
 
 
@@ -88,7 +88,7 @@ async def read_uploads(request: Request, max_file_bytes: int, max_files: int) ->
     overhead = 64 * 1024
     if declared and declared.isdigit() and int(declared) > max_files * max_file_bytes + overhead:
         raise UploadError(413, f"request larger than {max_files} files of "
-                               f"{max_file_bytes / 2**20:g} MB")
+                               f"{max_file_bytes / 2**20:.3g} MB")
     collector = _Collector(max_file_bytes, max_files)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
     try:
