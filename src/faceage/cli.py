@@ -212,9 +212,10 @@ def _cmd_export(args) -> int:
 
 def _cmd_serve(args) -> int:
     from .serve.settings import ServeSettings
-    settings = ServeSettings(model=args.model, host=args.host, port=args.port, workers=args.workers,
-                             max_file_mb=args.max_file_mb, max_files=args.max_files,
-                             max_megapixels=args.max_megapixels, queue_timeout_s=args.timeout)
+    workers = {"workers": args.workers} if args.workers is not None else {}
+    settings = ServeSettings(model=args.model, host=args.host, port=args.port, max_file_mb=args.max_file_mb,
+                             max_files=args.max_files, max_megapixels=args.max_megapixels,
+                             queue_timeout_s=args.timeout, **workers)
     from .serve.server import serve
     return serve(settings)
 
@@ -305,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", help="run directory, checkpoint or exported .onnx (default: the shipped model)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--workers", type=int, default=1,
-                    help="inference threads; requests beyond them queue (default 1)")
+    sv.add_argument("--workers", type=int, default=None,
+                    help="inference threads; requests beyond them queue (default: one per CPU core)")
     sv.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload per file (default 10)")
     sv.add_argument("--max-files", type=int, default=16, help="most files per request (default 16)")
     sv.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image (default 50)")

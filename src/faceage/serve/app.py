@@ -124,9 +124,10 @@ def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI
             try:
                 images.append(to_rgb_image(bytes(up.data), max_pixels=settings.max_pixels))
             except ImageDecodeError as exc:
+                detail = f" ({exc.detail})" if exc.reason == "image too large" else ""
                 failures.append({"filename": up.filename, "reason": exc.reason,
                                  "status": STATUS_FOR_REASON.get(exc.reason, 422),
-                                 "message": f"{up.filename}: {exc.reason}" + (f" ({exc.detail})" if exc.reason == "image too large" else "")})
+                                 "message": f"{up.filename}: {exc.reason}{detail}"})
         t1 = time.perf_counter()
         if failures:
             return [], failures, {"decode": (t1 - t0) * 1000}

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def cpu_cores() -> int:
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -10,8 +14,10 @@ class ServeSettings:
     model: str | None = None            # None: the shipped default model
     host: str = "127.0.0.1"             # loopback only unless asked: see README "Serving"
     port: int = 8000
-    # Inference threads. Requests beyond them wait for a free one, at most `queue_timeout_s`.
-    workers: int = 1
+    # Inference threads, each running onnxruntime single-threaded: on 2 cores, 2 workers answer a
+    # lone 1 MP photo in 53 ms where 1 worker with 2 onnxruntime threads takes 90 ms (BENCHMARKS.md
+    # section 7). Requests beyond them wait for a free one, at most `queue_timeout_s`.
+    workers: int = field(default_factory=cpu_cores)
     max_file_mb: float = 10.0           # per uploaded file -> 413 above it
     max_files: int = 16                 # per request -> 413 above it
     max_megapixels: float = 50.0        # per image, read from the header -> 413 above it
@@ -28,4 +34,4 @@ class ServeSettings:
     @property
     def threads_per_worker(self) -> int:
         """onnxruntime threads per worker, so that workers together use the cores once."""
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        return max(1, cpu_cores() // max(1, self.workers))

@@ -1,0 +1,42 @@
+"""`faceage serve` settings checks and the header-only pixel limit, without a model."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from faceage.errors import ConfigError
+from faceage.preprocess import ImageDecodeError, open_image
+from faceage.serve.server import check, is_loopback
+from faceage.serve.settings import ServeSettings
+
+
+@pytest.mark.parametrize("bad", [{"workers": 0}, {"max_files": 0}, {"max_file_mb": 0}, {"max_megapixels": -1},
+                                 {"queue_timeout_s": 0}, {"port": 70000}])
+def test_bad_settings_are_refused_with_the_option_named(bad):
+    with pytest.raises(ConfigError):
+        check(ServeSettings(**bad))
+
+
+def test_defaults_are_safe():
+    s = ServeSettings()
+    check(s)
+    assert s.host == "127.0.0.1" and is_loopback(s.host)
+    assert s.max_file_bytes == 10 * 2**20 and s.max_pixels == 50_000_000
+    assert s.workers >= 1 and s.threads_per_worker * s.workers <= max(s.workers, (__import__("os").cpu_count() or 1))
+
+
+@pytest.mark.parametrize("host, loop", [("127.0.0.1", True), ("::1", True), ("localhost", True),
+                                        ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
+def test_loopback_detection(host, loop):
+    assert is_loopback(host) is loop
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 600)).save(buf, "PNG")
+    assert open_image(buf.getvalue(), max_pixels=600_000).size == (1000, 600)
+    with pytest.raises(ImageDecodeError) as err:
+        open_image(buf.getvalue(), max_pixels=599_999)
+    assert err.value.reason == "image too large" and "0.6 MP" in err.value.detail
