@@ -39,6 +39,21 @@ def browser_paths() -> tuple[str, str]:
     return chromium, driver
 
 
+# Draws a plain 200x150 PNG in the page and delivers it as a clipboard paste or a drop.
+MAKE_IMAGE_EVENT = """
+const kind = arguments[0];
+const canvas = document.createElement("canvas");
+canvas.width = 200; canvas.height = 150;
+const ctx = canvas.getContext("2d"); ctx.fillStyle = "#808080"; ctx.fillRect(0, 0, 200, 150);
+canvas.toBlob((blob) => {
+  const dt = new DataTransfer();
+  dt.items.add(new File([blob], kind + "ed.png", {type: "image/png"}));
+  if (kind === "paste") document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+  else document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+}, "image/png");
+"""
+
+
 @pytest.fixture
 def browser(tmp_path):
     from selenium import webdriver
@@ -83,8 +98,33 @@ def test_uploading_a_photo_shows_its_labels_and_table(browser, shared_predictor,
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "serve-page.png"))
 
+        # paste and drop go through the same path: a synthetic faceless image made in the page
+        for event in ("paste", "drop"):
+            browser.execute_script(MAKE_IMAGE_EVENT, event)
+            WebDriverWait(browser, 30).until(
+                EC.text_to_be_present_in_element((By.TAG_NAME, "figcaption"), f"{event}ed.png: no face found"))
+
         # a file that is not an image gets its error on its card, and the page keeps working
         bad = astronaut_png.parent / "notes.png"
         bad.write_bytes(b"not really a png")
         browser.find_element(By.ID, "files").send_keys(str(bad))
         WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "figcaption.error"), "not an image"))
+
+
+def test_page_works_by_keyboard_and_fits_a_phone(browser, shared_predictor):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from faceage.serve.app import create_app
+    from faceage.serve.settings import ServeSettings
+    from serving import LiveServer
+
+    with LiveServer(create_app(ServeSettings(), shared_predictor)) as server:
+        browser.set_window_size(390, 844)                  # a phone's viewport
+        browser.get(server.url + "/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.TAB)                           # the first Tab reaches the photo chooser
+        assert browser.execute_script("return document.activeElement.id") == "files"
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        button = browser.find_element(By.CSS_SELECTOR, "label.button")
+        assert button.rect["width"] <= 390 and button.is_displayed()
