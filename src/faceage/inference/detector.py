@@ -30,18 +30,16 @@ class RetinaFaceDetector:
     # 640 px: detection is most of the time per photo (54 ms at 800 px vs 32 ms at 640 px on a
     # 1 MP photo, 2 CPU cores) and faces down to ~25 px in a 1 MP photo are still found.
     def __init__(self, score_threshold: float = 0.8, max_side: int = 640, nms_threshold: float = 0.4,
-                 threads: int | None = None):
+                 threads: int | None = None, spinning: bool = False):
         """``threads``: onnxruntime threads for this detector's own session (None: all cores)."""
         import onnxruntime as ort
         from retinaface.weights import WEIGHTS      # the ONNX model bytes, inside the wheel
+
+        from .runners import onnx_options
         self.score_threshold, self.max_side, self.nms_threshold = score_threshold, max_side, nms_threshold
-        # Our own session instead of the package's process-wide default one: its thread count
-        # can then match the model's, so the two pools don't contend (BENCHMARKS.md section 8).
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
+        # Our own session instead of the package's process-wide default one, so its threads and
+        # spinning can be set to suit the age model's session beside it (runners.onnx_options).
+        self.session = ort.InferenceSession(WEIGHTS, onnx_options(threads, spinning), providers=["CPUExecutionProvider"])
 
     def detect(self, image) -> list[Detection]:
         from PIL import Image

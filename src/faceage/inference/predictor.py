@@ -66,7 +66,8 @@ class Predictor:
         """``threads``: onnxruntime threads for the detector and the age model, each (None: all cores)."""
         from .detector import RetinaFaceDetector
         from .runners import load_runner
-        self.runner = load_runner(model or DEFAULT_MODEL, threads=threads)
+        # The detector and the model run in turn: neither session may spin while the other works.
+        self.runner = load_runner(model or DEFAULT_MODEL, threads=threads, spinning=False)
         self.detector = detector or RetinaFaceDetector(threads=threads)
         self.batch_size = batch_size
         self.pre = self.runner.preprocess
