@@ -25,8 +25,8 @@ def load_runner(model: str | Path, threads: int | None = None, spinning: bool = 
 def onnx_options(threads: int | None = None, spinning: bool = True):
     """onnxruntime session options. Two sessions called in turn (detector, then age model) each
     keep their idle threads spinning by default and slow each other down: a 1 MP photo took
-    71-81 ms with spinning and 56 ms without (2 cores, 2026-11-22). A lone model called back to
-    back is faster with spinning, so that stays the default for a bare runner."""
+    74-77 ms with spinning and 58-59 ms without (2 cores, bench/session_spinning.py). A lone
+    model called back to back is faster with spinning, so that stays the default for a bare runner."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
