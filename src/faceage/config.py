@@ -61,6 +61,7 @@ class DataConfig:
     cache_dir: str | None = None           # default: $FACEAGE_CACHE or ~/.cache/faceage
     batch_size: int = 32
     num_workers: int = 0                   # the cache is memory-mapped: workers rarely help
+    age_balance: float = 0.0               # sample 5-year age bands ~ count**-age_balance (0 off, 1 uniform)
 
 
 @dataclass
@@ -72,6 +73,9 @@ class AugmentConfig:
     shift: float = 0.0           # max shift as a fraction of the image size
     brightness: float = 0.0      # max relative brightness change
     contrast: float = 0.0        # max relative contrast change
+    # Photo-to-chip gap: UTKFace chips are soft, low-resolution JPEGs; photos are sharp.
+    blur: float = 0.0            # probability of a Gaussian blur (sigma up to 1.5 px at 128 px)
+    downscale: float = 0.0       # probability of shrinking to 35-100% and scaling back up
 
 
 @dataclass

@@ -17,7 +17,7 @@ from faceage.models.summary import format_summary
 WEIGHTS = Path(os.environ.get("FACEAGE_WEIGHTS", REPO / ".." / "shared" / "weights"))
 
 # Small inputs keep the parametrized test fast; reference CNNs with Flatten adapt to any size.
-SMALL = {"keras-baseline-28": 28, "cifar10-tutorial": 32}
+SMALL = {"keras-baseline-28": 28, "cifar10-tutorial": 32, "dlib_resnet29": 104}  # dlib: its minimum
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -22,7 +22,7 @@ class BatchAugment(torch.nn.Module):
     @property
     def active(self) -> bool:
         c = self.cfg
-        return any(v > 0 for v in (c.flip, c.rotation, c.zoom, c.shift, c.brightness, c.contrast))
+        return any(v > 0 for v in (c.flip, c.rotation, c.zoom, c.shift, c.brightness, c.contrast, c.blur, c.downscale))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``x``: (B, C, H, W) floats in [0, 1]. Returns a tensor of the same shape."""
@@ -52,4 +52,35 @@ class BatchAugment(torch.nn.Module):
         if c.contrast > 0:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * (1.0 + uniform(c.contrast)).view(b, 1, 1, 1) + mean
+        if c.downscale > 0:
+            x = _down_up(x, torch.rand(b, generator=generator) < c.downscale,
+                         0.35 + 0.65 * torch.rand(b, generator=generator))
+        if c.blur > 0:
+            sigma = 0.3 + 1.2 * torch.rand(b, generator=generator) * x.shape[-1] / 128
+            x = _gaussian_blur(x, torch.rand(b, generator=generator) < c.blur, sigma)
         return x.clamp_(0.0, 1.0)
+
+
+def _down_up(x: torch.Tensor, chosen: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Shrink the chosen images by ``factor`` (area filter) and scale back (bilinear): lost detail."""
+    out = x.clone()
+    side = x.shape[-1]
+    for i in torch.nonzero(chosen).flatten().tolist():
+        small = max(8, round(side * float(factor[i])))
+        low = F.interpolate(x[i:i + 1], size=(small, small), mode="area")
+        out[i:i + 1] = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def _gaussian_blur(x: torch.Tensor, chosen: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma, on the chosen images only."""
+    out = x.clone()
+    radius = 4
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    for i in torch.nonzero(chosen).flatten().tolist():
+        k = torch.exp(-(t ** 2) / (2 * float(sigma[i]) ** 2))
+        k = (k / k.sum()).repeat(x.shape[1], 1, 1)                      # (C, 1, K)
+        img = F.pad(x[i:i + 1], (radius, radius, radius, radius), mode="reflect")
+        img = F.conv2d(img, k.unsqueeze(2), groups=x.shape[1])           # along x
+        out[i:i + 1] = F.conv2d(img, k.unsqueeze(3), groups=x.shape[1])  # along y
+    return out

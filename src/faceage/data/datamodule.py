@@ -60,10 +60,13 @@ def _identity(batch):
 
 
 class EpochShuffle(Sampler[int]):
-    """A seeded permutation per epoch, so a resumed run sees the same order as an unbroken one."""
+    """A seeded permutation per epoch, so a resumed run sees the same order as an unbroken one.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    With ``weights`` (one per sample) the epoch is instead ``n`` draws with replacement in
+    proportion to them: age-balanced sampling (see :func:`age_balance_weights`)."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.epoch, self.weights = n, seed, 0, weights
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -73,7 +76,18 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
         return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def age_balance_weights(ages: list[float], power: float, band: int = 5) -> torch.Tensor:
+    """Per-sample weights ``count(age band) ** -power``: 0 keeps UTKFace's skew (most faces are
+    20-39), 1 draws every 5-year band equally often. Rare old (and baby) faces are seen more,
+    which counters the pull of estimates toward the middle ages."""
+    bands = torch.tensor([int(a) // band for a in ages])
+    counts = torch.bincount(bands).float()
+    return counts[bands].pow(-power)
 
 
 def _progress(done: int, total: int) -> None:
@@ -126,7 +140,9 @@ class FaceDataModule(L.LightningDataModule):
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(part)
         if shuffle:
-            self.train_sampler = EpochShuffle(len(ds), self.cfg.train.seed)
+            power = self.cfg.data.age_balance
+            weights = age_balance_weights([smp.age for smp in self.parts[part]], power) if power > 0 else None
+            self.train_sampler = EpochShuffle(len(ds), self.cfg.train.seed, weights)
             sampler = self.train_sampler
         else:
             sampler = None

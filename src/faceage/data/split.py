@@ -17,6 +17,9 @@ from ..errors import DataError
 from .manifest import Sample
 
 SPLITS = ("train", "val", "test")
+# A final model trained on every image still logs a validation curve: rows marked "train+val"
+# are trained on AND validated on (that curve is then not held out, and reports say so).
+BOTH = "train+val"
 
 
 def _stratum(s: Sample) -> tuple:
@@ -86,9 +89,9 @@ def load_split(path: str | Path) -> dict[str, str]:
         rows = list(csv.DictReader(fh))
     if not rows or set(rows[0]) != {"key", "split"}:
         raise DataError(f"{path} is not a faceage split file (expected columns key,split)")
-    bad = [r for r in rows if r["split"] not in SPLITS]
+    bad = [r for r in rows if r["split"] not in SPLITS + (BOTH,)]
     if bad:
-        raise DataError(f"{path}: unknown split name {bad[0]['split']!r} (use train, val or test)")
+        raise DataError(f"{path}: unknown split name {bad[0]['split']!r} (use train, val, test or train+val)")
     return {r["key"]: r["split"] for r in rows}
 
 
@@ -101,7 +104,8 @@ def apply_split(samples: list[Sample], assignment: dict[str, str]) -> tuple[dict
         if name is None:
             unassigned += 1
         else:
-            parts[name].append(s)
+            for part in (("train", "val") if name == BOTH else (name,)):
+                parts[part].append(s)
     if not parts["train"]:
         raise DataError("the split file names no training image that exists in this dataset")
     return parts, unassigned

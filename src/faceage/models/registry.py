@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import LIBRARY_BACKBONES, build_library_backbone
+from .dlib_resnet import DLIB_INPUT_SIZE, DLIB_MEAN, DLIB_STD, build_dlib_backbone
 from .network import FaceNet
 from .reference import build_reference_backbone
 from .spec import ModelSpec, resolve_spec
@@ -64,6 +65,13 @@ for _zoo, (_lib, _libname) in LIBRARY_BACKBONES.items():
                                ModelSpec(name=_zoo, tasks={"age_dist": 1.0, "gender": 1.0}, input_size=128, channels=3,
                                          head_hidden=[256], dense_dropout=0.3, mean=IMAGENET_MEAN, std=IMAGENET_STD)))
 
+# Face-pretrained: dlib's face-recognition ResNet (CC0 weights shipped in faceage/assets), with
+# its own input normalization; 150 px is the size it was trained at.
+_ENTRIES.append(ModelEntry("dlib_resnet29", "faceage", "dlib face-recognition ResNet-29 (3M faces, CC0) with faceage heads",
+                           ModelSpec(name="dlib_resnet29", tasks={"age_dist": 1.0, "gender": 1.0}, input_size=DLIB_INPUT_SIZE,
+                                     channels=3, pretrained="face", head_hidden=[256], dense_dropout=0.3,
+                                     mean=DLIB_MEAN, std=DLIB_STD)))
+
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
 
@@ -88,6 +96,10 @@ def build_model(spec: ModelSpec) -> FaceNet:
     entry = get_entry(spec.name)
     if entry.family == "reference":
         backbone, blocks = build_reference_backbone(spec)
+    elif entry.family == "faceage":
+        if spec.batch_norm != "none":
+            raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own affine layers")
+        backbone, blocks = build_dlib_backbone(spec)
     else:
         if spec.batch_norm != "none":
             raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own "
