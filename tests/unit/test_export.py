@@ -77,3 +77,19 @@ def test_onnx_errors(tmp_path):
                                                                                                        "input_size": 8, "channels": 3}}))
     with pytest.raises(CheckpointError, match="onnxruntime cannot load"):
         OnnxRunner(tmp_path / "bad.onnx")
+
+
+def test_face_backbone_exports_and_matches_torch(tmp_path):
+    """dlib_resnet29's zero-padded residual sums and its own normalization survive export."""
+    torch.manual_seed(0)
+    net = create_model("dlib_resnet29", input_size=112)       # 112 px: a 3x3 block output meets a 4x4 shortcut
+    path = tmp_path / "dlib.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                                          "faceage": describe(net.spec, Config())}, path)
+    report = export_onnx(path, tmp_path / "dlib.onnx")
+    assert report["max_abs_diff"] <= 1e-4
+    meta = json.loads((tmp_path / "dlib.json").read_text())
+    assert meta["preprocess"]["size"] == 112 and meta["preprocess"]["std"][0] == pytest.approx(256 / 255)
+    x = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    a, b = load_runner(tmp_path / "dlib.onnx").predict(x), load_runner(path).predict(x)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4

@@ -108,3 +108,46 @@ def test_augment_shapes_ranges_and_identity():
     assert torch.allclose(flip(x), x.flip(-1), atol=1e-5)      # p=1: an exact mirror image
     g = torch.rand(4, 1, 16, 16)
     assert full(g).shape == g.shape                           # grayscale too
+
+
+def test_blur_and_downscale_remove_fine_detail_only():
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    stripes = ((x + y) % 2).expand(4, 3, 64, 64).clone()            # the finest possible detail
+    smooth = (x / 63).expand(4, 3, 64, 64).clone()                   # a ramp: no fine detail
+    g = torch.Generator().manual_seed(0)
+    for cfg in (AugmentConfig(flip=0, blur=1.0), AugmentConfig(flip=0, downscale=1.0)):
+        aug = BatchAugment(cfg)
+        assert aug.active
+        out = aug(stripes.clone(), generator=g)
+        assert out.std() < 0.6 * stripes.std()                      # stripes are mostly averaged away
+        assert abs(out.mean() - stripes.mean()) < 0.02               # brightness kept
+        ramp = aug(smooth.clone(), generator=g)
+        assert (ramp - smooth)[..., 8:-8, 8:-8].abs().max() < 0.03   # smooth content unchanged
+    none = BatchAugment(AugmentConfig(flip=0, blur=1e-9, downscale=1e-9))
+    assert torch.equal(none(stripes.clone(), generator=g), stripes)  # probability ~0: untouched
+
+
+def test_age_balanced_sampling_is_seeded_and_favours_rare_ages():
+    from faceage.data.datamodule import EpochShuffle, age_balance_weights
+    ages = [25.0] * 900 + [85.0] * 100
+    w = age_balance_weights(ages, power=1.0)
+    assert torch.allclose(w[:900].sum(), w[900:].sum())              # power 1: each band equally
+    s = EpochShuffle(len(ages), seed=3, weights=w)
+    first = list(s)
+    assert list(s) == first                                          # same epoch, same draws (resume)
+    s.set_epoch(1)
+    assert list(s) != first
+    old = sum(1 for i in first if i >= 900) / len(first)
+    assert 0.4 < old < 0.6                                           # 10% of the data, ~half the draws
+    assert torch.equal(age_balance_weights(ages, power=0.0), torch.ones(1000))
+
+
+def test_train_plus_val_rows_are_in_both_parts(tmp_path):
+    from faceage.data.manifest import Sample
+    from faceage.data.split import apply_split, load_split
+    p = tmp_path / "split.csv"
+    p.write_text("key,split\na,train+val\nb,train\nc,test\n")
+    samples = [Sample(path=str(tmp_path / k), key=k, digest=k, age=30, gender=0, race=0) for k in "abc"]
+    parts, unassigned = apply_split(samples, load_split(p))
+    assert [s.key for s in parts["train"]] == ["a", "b"] and [s.key for s in parts["val"]] == ["a"]
+    assert [s.key for s in parts["test"]] == ["c"] and unassigned == 0

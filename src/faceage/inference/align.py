@@ -32,8 +32,28 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+# Faces in real photos are often several times larger than the crop. A bilinear warp straight to
+# ``size`` reads only the 2x2 input pixels around each output pixel and skips the rest: no low-pass
+# filter, so skin texture aliases into patterns that read as wrinkles. When the warp would shrink by
+# more than MAX_WARP_SHRINK, only the part of the photo the crop needs is first reduced to the
+# crop's scale with Pillow's antialiased resize (Lanczos; reducing_gap=2 box-reduces by an integer
+# factor first: ~2x faster than plain Lanczos at 6x), and the warp runs on that.
+MAX_WARP_SHRINK = 1.5
+
+
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int) -> Image.Image:
     """Crop ``image`` (any mode) to a ``size`` x ``size`` face framed like a UTKFace chip."""
     m = similarity_transform(np.asarray(landmarks, float), CANONICAL_LANDMARKS * size)
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]    # PIL maps output pixels -> input pixels
+    shrink = float(np.hypot(*inv[:, 0]))                   # input pixels per output pixel
+    if shrink > MAX_WARP_SHRINK:
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]) @ inv.T
+        pad = 2 * shrink                                   # context for the warp's bilinear filter
+        x0, y0 = np.maximum(corners.min(0) - pad, 0)
+        x1, y1 = np.minimum(corners.max(0) + pad, image.size)
+        if x1 > x0 and y1 > y0:                            # else the crop lies off the photo: all fill
+            w, h = max(1, round((x1 - x0) / shrink)), max(1, round((y1 - y0) / shrink))
+            gap = None if image.mode.startswith("I;16") else 2.0       # Image.reduce lacks I;16
+            image = image.resize((w, h), Image.LANCZOS, box=(x0, y0, x1, y1), reducing_gap=gap)
+            inv = np.diag([w / (x1 - x0), h / (y1 - y0)]) @ (inv - [[0, 0, x0], [0, 0, y0]])
     return image.transform((size, size), Image.AFFINE, data=inv.flatten().tolist(), resample=Image.BILINEAR)
