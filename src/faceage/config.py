@@ -84,6 +84,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0    # optimizer weight decay (decoupled for adamw)
     momentum: float = 0.9        # sgd only
+    backbone_lr_scale: float = 1.0  # backbone lr = lr * this (heads use lr); e.g. 0.1 to fine-tune gently
 
 
 @dataclass

@@ -58,3 +58,18 @@ def test_task_without_labels_is_a_config_error(tmp_path):
         face_image(i).save(tmp_path / "ds" / ("a" if i % 2 else "b") / f"{i}.png")
     with pytest.raises(ConfigError, match="needs 'age' labels"):
         _train(tmp_path, tmp_path / "ds", ["model.name=utk-custom-128", "train.epochs=1", "data.split=[0.5,0.5,0.0]"])
+
+
+def test_backbone_learns_at_a_scaled_rate(tmp_path, synthetic_utk):
+    """optim.backbone_lr_scale: the heads train at optim.lr, the backbone at lr * scale."""
+    from faceage.models.registry import create_model
+    from faceage.training.module import FaceAgeModule
+    cfg = load_config(None, ["model.name=keras-baseline-28", "optim.lr=0.01", "optim.backbone_lr_scale=0.1"])
+    module = FaceAgeModule(create_model("keras-baseline-28"), cfg)
+    opt = module.configure_optimizers()
+    heads, backbone = opt.param_groups
+    assert heads["lr"] == 0.01 and backbone["lr"] == pytest.approx(0.001)
+    assert {id(p) for p in heads["params"]} == {id(p) for p in module.net.heads.parameters()}
+    assert len(backbone["params"]) == len(list(module.net.backbone.parameters()))
+    s = _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "optim.backbone_lr_scale=0.1", "train.epochs=1"])
+    assert s["epochs_run"] == 1

@@ -97,7 +97,13 @@ class FaceAgeModule(L.LightningModule):
 
     def configure_optimizers(self):
         o, s = self.cfg.optim, self.cfg.schedule
-        params = self.net.parameters()
+        # A pretrained backbone learns more slowly than the new heads (backbone_lr_scale < 1), so
+        # fine-tuning adapts its features instead of overwriting them in the first epochs.
+        head_ids = {id(p) for p in self.net.heads.parameters()}
+        # Heads first: the history's "lr" column is param group 0's, the recipe's optim.lr.
+        groups = [{"params": list(self.net.heads.parameters()), "lr": o.lr},
+                  {"params": [p for p in self.net.parameters() if id(p) not in head_ids], "lr": o.lr * o.backbone_lr_scale}]
+        params = [g for g in groups if g["params"]]
         if o.name == "adam":
             opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         elif o.name == "adamw":
@@ -111,7 +117,7 @@ class FaceAgeModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.train.monitor, "interval": "epoch"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if s.name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in params], total_steps=total)
         else:  # cosine with linear warm-up, stepped per batch
             warm = int(total * s.warmup_epochs / max(1, self.cfg.train.epochs))
 
