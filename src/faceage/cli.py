@@ -203,7 +203,7 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
-    r = export_onnx(args.model, args.out, metrics=args.metrics)
+    r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:g})")
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output .onnx (default: RUN_DIR/model.onnx)")
     ex.add_argument("--metrics", help="`faceage evaluate --json` output whose headline numbers go into the sidecar "
                                       "(default: metrics.json beside the checkpoint, if any)")
+    ex.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation in the graph: 'flip' averages "
+                                                             "each face with its mirror image (default: the checkpoint's)")
     ex.set_defaults(func=_cmd_export)
 
     sv = sub.add_parser("serve", help="a local web page and HTTP API for a model (FastAPI + uvicorn)")

@@ -49,6 +49,7 @@ class ModelConfig:
     age_bins: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BIN_EDGES))
     num_classes: int | None = None         # for the "label" task (class-per-subfolder data)
     dist_sigma: float = 2.0                # label-distribution width (years) for age_dist
+    tta: str | None = None                 # inference: "none" | "flip" (average with the mirror image)
 
 
 @dataclass

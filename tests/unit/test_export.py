@@ -93,3 +93,18 @@ def test_face_backbone_exports_and_matches_torch(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     a, b = load_runner(tmp_path / "dlib.onnx").predict(x), load_runner(path).predict(x)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
+
+
+def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
+    """--tta flip: a face and its mirror image get the same answer, through ONNX and torch."""
+    report = export_onnx(checkpoint, tmp_path / "tta.onnx", tta="flip")
+    assert report["max_abs_diff"] <= 1e-4
+    meta = json.loads((tmp_path / "tta.json").read_text())
+    assert meta["model"]["tta"] == "flip"
+    x = np.random.default_rng(1).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    runner, plain = load_runner(tmp_path / "tta.onnx"), load_runner(checkpoint)
+    a, b = runner.predict(x), runner.predict(x[:, :, ::-1].copy())
+    assert np.abs(a["age"] - b["age"]).max() < 1e-3 and np.abs(a["gender_prob"] - b["gender_prob"]).max() < 1e-5
+    p, q = plain.predict(x), plain.predict(x[:, :, ::-1].copy())
+    assert np.abs(p["age"] - q["age"]).max() > 1e-3                   # without it, mirror images differ
+    assert np.all(np.minimum(p["age"], q["age"]) - 1e-3 <= a["age"]) and np.all(a["age"] <= np.maximum(p["age"], q["age"]) + 1e-3)

@@ -34,9 +34,10 @@ def metrics_summary(path: str | Path) -> dict:
 
 
 def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18,
-                metrics: str | Path | None = None) -> dict:
+                metrics: str | Path | None = None, tta: str | None = None) -> dict:
     """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
-    (default: ``metrics.json`` beside the checkpoint, when there is one)."""
+    (default: ``metrics.json`` beside the checkpoint, when there is one). ``tta``: override the
+    checkpoint's test-time augmentation ("none" or "flip") in the exported graph."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -44,6 +45,10 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     from .runners import OnnxRunner
 
     loaded = load_checkpoint(model)
+    if tta is not None:
+        from ..models.spec import resolve_spec
+        loaded.net.spec = loaded.spec = resolve_spec(loaded.net.spec, {"tta": tta})
+        loaded.meta["model"] = loaded.spec.to_dict()
     out = Path(out) if out else loaded.path.parent / "model.onnx"
     graph = InferenceGraph(loaded.net).eval()
     s = loaded.preprocess

@@ -1,7 +1,8 @@
 """InferenceGraph: the whole inference path as one torch module (and so one ONNX graph).
 
 Input ``image``: uint8 ``(B, H, W, C)`` pixels at the model's input size, exactly what the
-decode cache and the aligner produce. Output: the decoded prediction record (see
+decode cache and the aligner produce. With the spec's ``tta: flip`` the network also sees the
+mirror image and the two are averaged (twice the work, mirror-consistent by construction). Output: the decoded prediction record (see
 ``models/heads.py``), one tensor per field, in sorted key order.
 """
 from __future__ import annotations
@@ -22,5 +23,13 @@ class InferenceGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std      # (B, C, H, W), normalized
-        record = self.net.decode_graph(self.net(x))
+        if self.net.spec.tta == "flip":
+            # A face and its mirror image are the same person: average the heads' raw outputs
+            # (logits) of both, so the answer cannot depend on which way the face looks.
+            b = x.shape[0]
+            both = self.net(torch.cat([x, x.flip(3)]))                        # (2B, ...)
+            outputs = {k: (v[:b] + v[b:]) / 2 for k, v in both.items()}
+        else:
+            outputs = self.net(x)
+        record = self.net.decode_graph(outputs)
         return {k: record[k].float() for k in sorted(record)}

@@ -36,6 +36,7 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     crop: str = "center_square"
+    tta: str = "none"                 # inference only: "flip" averages each face with its mirror image
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,6 +63,7 @@ CHOICES = {
     "head_batch_norm": ("none", "before", "after"),
     "activation": ("relu", "none"),
     "dropout_after": ("each", "last"),
+    "tta": ("none", "flip"),
 }
 
 
