@@ -224,7 +224,8 @@ def _cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate, format_report
     from .training.fit import default_data_path
 
-    m = evaluate(args.model, args.data or default_data_path(), split=args.split, json_path=args.json)
+    m = evaluate(args.model, args.data or default_data_path(), split=args.split, json_path=args.json,
+                 split_file=args.split_file)
     print(format_report(m))
     if args.json:
         print(f"metrics written to {args.json}")
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset to score (default: $FACEAGE_DATA or the shared UTKFace)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split (default test); a foreign folder is scored whole")
+    ev.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
     ev.add_argument("--json", metavar="FILE", help="write metrics as JSON (plots go beside it)")
     ev.set_defaults(func=_cmd_evaluate)
     return p

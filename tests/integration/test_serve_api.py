@@ -3,6 +3,7 @@ service promises, the model description, the docs, and that uploads never touch 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from serving import png_bytes
+from faceage.inference.predictor import DEFAULT_MODEL
 from faceage.serve.app import create_app
 from faceage.serve.settings import ServeSettings
 
@@ -140,7 +142,9 @@ def test_a_request_that_waits_too_long_for_a_worker_gets_503(shared_predictor, a
 def test_model_health_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     m = client.get("/v1/model").json()
-    assert m["name"] == "default" and m["backend"] == "onnxruntime" and m["input"]["size"] == 128
+    shipped = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert m["name"] == "default" and m["backend"] == "onnxruntime"
+    assert m["input"]["size"] == shipped["preprocess"]["size"] and m["metrics"]["mae"] == shipped["metrics"]["mae"]
     assert m["metrics"]["n"] == 2811 and m["metrics"]["mae"] < 5.5
     assert m["limits"]["max_file_mb"] == 10
     spec = client.get("/openapi.json").json()

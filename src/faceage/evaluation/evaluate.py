@@ -28,15 +28,18 @@ def predict_samples(runner, cache: ImageCache, samples: list[Sample], batch_size
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def select_samples(loaded, data: str, split: str | None, cache_dir=None) -> tuple[list[Sample], SkipReport, str]:
+def select_samples(loaded, data: str, split: str | None, cache_dir=None,
+                   split_file: str | None = None) -> tuple[list[Sample], SkipReport, str]:
     """Which images to score.
 
     With ``split`` train/val/test and a ``split.csv`` beside the checkpoint that names images
-    of ``data``, that part of the split. A folder the split does not know (not the training
+    of ``data`` (or the given ``split_file``), that part of the split. A folder the split does not know (not the training
     set) is scored whole, as is ``split`` = "all".
     """
     manifest, report = read_dataset(data, cache_dir)
-    split_file = loaded.path.parent / "split.csv"
+    if split_file is not None and not Path(split_file).is_file():
+        raise DataError(f"split file not found: {split_file}")
+    split_file = Path(split_file) if split_file else loaded.path.parent / "split.csv"
     if split in (None, "all") or not split_file.is_file():
         return manifest.samples, report, "all usable images"
     assignment = load_split(split_file)
@@ -44,14 +47,14 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None) -> tupl
     if not named:
         return manifest.samples, report, "all usable images (not the training dataset)"
     parts, _ = apply_split(named, assignment)
-    return parts[split], report, f"{split} split of {loaded.path.parent}"
+    return parts[split], report, f"{split} split of {split_file.parent if split_file.name == 'split.csv' else split_file}"
 
 
 def evaluate(model: str, data: str, split: str | None = "test", json_path: str | None = None,
-             plots_dir: str | None = None, cache_dir=None, quiet: bool = False) -> dict:
+             plots_dir: str | None = None, cache_dir=None, quiet: bool = False, split_file: str | None = None) -> dict:
     loaded = load_runner(model)
     spec = loaded.spec
-    samples, report, scope = select_samples(loaded, data, split, cache_dir)
+    samples, report, scope = select_samples(loaded, data, split, cache_dir, split_file)
     cache = ImageCache(loaded.preprocess, cache_dir)
     samples = cache.build(samples, report)
     if not samples:
