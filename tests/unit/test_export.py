@@ -108,3 +108,17 @@ def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
     p, q = plain.predict(x), plain.predict(x[:, :, ::-1].copy())
     assert np.abs(p["age"] - q["age"]).max() > 1e-3                   # without it, mirror images differ
     assert np.all(np.minimum(p["age"], q["age"]) - 1e-3 <= a["age"]) and np.all(a["age"] <= np.maximum(p["age"], q["age"]) + 1e-3)
+
+
+def test_evaluate_takes_a_split_file(checkpoint, synthetic_utk, tmp_path):
+    """--split-file scores the named part of any split file; a missing file is a clear error."""
+    from faceage.errors import DataError
+    from faceage.evaluation.evaluate import evaluate
+    keys = sorted(p.name for p in synthetic_utk.iterdir())
+    split = tmp_path / "holdout.csv"
+    split.write_text("key,split\n" + "".join(f"{k},{'test' if i < 7 else 'train'}\n" for i, k in enumerate(keys)))
+    m = evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(split), quiet=True)
+    assert m["n"] == 7 and str(split) in m["scope"]
+    assert evaluate(str(checkpoint), str(synthetic_utk), split="test", quiet=True)["n"] == len(keys)  # no split: whole
+    with pytest.raises(DataError, match="split file not found"):
+        evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(tmp_path / "none.csv"), quiet=True)
