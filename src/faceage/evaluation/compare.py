@@ -44,7 +44,10 @@ def run_row(run: Path) -> dict:
     from ..models.registry import resolve
     spec = resolve(cfg.model.name, **{k: v for k, v in vars(cfg.model).items() if k != "name"})
     a = cfg.augment
-    aug = ", ".join(f"{k} {getattr(a, k):g}" for k in ("flip", "rotation", "zoom", "shift", "brightness", "contrast") if getattr(a, k) > 0) or "none"
+    aug = ", ".join(f"{k} {getattr(a, k):g}" for k in ("flip", "rotation", "zoom", "shift", "brightness", "contrast", "blur", "downscale")
+                    if getattr(a, k) > 0) or "none"
+    if cfg.data.age_balance > 0:
+        aug += f"; age-balanced sampling {cfg.data.age_balance:g}"
     es = cfg.train.early_stopping
     n_train = info.get("n_images", {}).get("train")
     steps = math.ceil(n_train / cfg.data.batch_size) if n_train else None
@@ -53,7 +56,9 @@ def run_row(run: Path) -> dict:
     return {
         "run": run.name, "model": spec.name, "input": f"{spec.input_size}x{spec.input_size}x{spec.channels}",
         "params": total, "trainable": trainable, "frozen": total - trainable, "layers": layers,
-        "optimizer": cfg.optim.name, "lr": cfg.optim.lr, "batch": cfg.data.batch_size, "augmentation": aug,
+        "optimizer": cfg.optim.name,
+        "lr": f"{cfg.optim.lr:g}" + (f" (backbone x{cfg.optim.backbone_lr_scale:g})" if cfg.optim.backbone_lr_scale != 1 else ""),
+        "batch": cfg.data.batch_size, "augmentation": aug,
         "early stopping": f"patience {es.patience}, min_delta {es.min_delta:g}" if es.enabled else "off",
         "stop epoch": rows[-1]["epoch"], "best epoch": d.best_epoch, "ms/step": ms_step,
         "train time": info.get("train_seconds", sum(secs)),
@@ -76,8 +81,6 @@ def _fmt(key: str, v) -> str:
         return f"{v:.0f}"
     if key == "train time":
         return f"{v:.0f}s"
-    if key == "lr":
-        return f"{v:g}"
     return str(v)
 
 
