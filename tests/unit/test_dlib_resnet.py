@@ -100,3 +100,28 @@ def test_zoo_entry_errors_are_clear(tmp_path):
 def test_grayscale_stem_sums_the_colour_filters():
     rgb, gray = create_model("dlib_resnet29"), create_model("dlib_resnet29", channels=1)
     assert torch.allclose(gray.backbone.stem[0].weight, rgb.backbone.stem[0].weight.sum(1, keepdim=True))
+
+
+def _local_dat() -> Path | None:
+    """dlib's file, if this machine has it: $FACEAGE_DLIB_DAT or PyPI face-recognition-models."""
+    import os
+    if os.environ.get("FACEAGE_DLIB_DAT"):
+        return Path(os.environ["FACEAGE_DLIB_DAT"])
+    try:
+        import face_recognition_models
+    except ImportError:
+        return None
+    return Path(face_recognition_models.face_recognition_model_location())
+
+
+def test_reading_dlibs_own_file_gives_the_shipped_weights():
+    """``model.pretrained=PATH.dat`` converts dlib's file on the fly; it must equal the shipped
+    weights (which were converted from it) up to their float16 rounding."""
+    dat = _local_dat()
+    if dat is None or not dat.is_file():
+        pytest.skip("dlib_face_recognition_resnet_model_v1.dat not on this machine "
+                    "(set FACEAGE_DLIB_DAT or pip install face-recognition-models==0.3.0)")
+    from_dat = create_model("dlib_resnet29", pretrained=str(dat))
+    shipped = create_model("dlib_resnet29")
+    for (name, a), b in zip(from_dat.backbone.state_dict().items(), shipped.backbone.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
