@@ -50,12 +50,6 @@ class _Reader:
         self.pos += size
         return -value if negative else value
 
-    def string(self) -> str:
-        n = self.int()
-        s = self.data[self.pos:self.pos + n].decode("ascii")
-        self.pos += n
-        return s
-
     def tensor(self) -> np.ndarray:
         if self.int() != 2:
             raise CheckpointError(f"dlib file: unexpected tensor version at offset {self.pos}")
@@ -69,10 +63,6 @@ class _Reader:
         if self.int() != 1:
             raise CheckpointError(f"dlib file: unexpected alias_tensor version at offset {self.pos}")
         return tuple(self.int() for _ in range(4))
-
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
-        return float(mantissa) * 2.0 ** exponent
 
 
 def _split(params: np.ndarray, *shapes: tuple[int, ...]) -> list[np.ndarray]:
