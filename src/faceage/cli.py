@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def _cmd_data_inspect(args) -> int:
     from .data.readers import read_dataset, verify_images
@@ -152,52 +154,66 @@ def _cmd_ablate(args) -> int:
     return 0
 
 
+def detection_options(args) -> dict:
+    """The detection flags shared by `predict` and `serve`, as Predictor keyword arguments."""
+    return {"detector": "skip" if args.no_detect else None, "det_size": args.det_size, "det_thresh": args.det_thresh,
+            "min_face_size": args.min_face_size, "max_num_faces": args.max_faces}
+
+
 def _cmd_predict(args) -> int:
-    import csv as _csv
+    from tqdm import tqdm
 
     from .data.readers import IMAGE_SUFFIXES
+    from .inference.annotate import annotate, annotated_path, save_annotated
+    from .inference.inputs import VIDEO_SUFFIXES, is_video, parse_interval
+    from .inference.output import Writer, collect_inputs
     from .inference.predictor import Predictor
 
-    files: list[Path] = []
-    for raw in args.paths:
-        p = Path(raw)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files.append(p)
+    try:
+        every = parse_interval(args.every)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    files = collect_inputs(args.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not files:
-        print("faceage: error: no image files found in the given paths", file=sys.stderr)
+        print("faceage: error: no image or video files found in the given paths", file=sys.stderr)
         return 2
-    predictor = Predictor(args.model, batch_size=args.batch)
-    show_bar = any(Path(r).is_dir() for r in args.paths) and len(files) > 1
-    results = predictor.predict_files(files, args.annotate, photos_per_batch=max(1, args.batch // 2), progress=show_bar)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    elif args.csv:
-        w = _csv.writer(sys.stdout)
-        w.writerow(["path", "face", "x1", "y1", "x2", "y2", "score", "age", "age_low", "age_high", "age_bin", "gender",
-                    "gender_prob", "low_quality", "error"])
-        for r in results:
-            if r["error"] or not r["faces"]:
-                w.writerow([r["path"], "", "", "", "", "", "", "", "", "", "", "", "", "", r["error"] or r["note"]])
-            for k, face in enumerate(r["faces"]):
-                w.writerow([r["path"], k, *face["box"], face["score"], face["age"], face["age_low"], face["age_high"],
-                            face["age_bin"], face["gender"], face["gender_prob"], face["low_quality"], ""])
-    else:
-        for r in results:
-            if r["error"]:
-                print(f"{r['path']}: ERROR {r['error']}")
-            elif not r["faces"]:
-                print(f"{r['path']}: no face found")
-            for k, face in enumerate(r["faces"]):
-                interval = f" ({face['age_low']:.0f}-{face['age_high']:.0f}, 90%)" if face["age_low"] is not None else ""
-                gender = f"  {face['gender']} {face['gender_prob']:.0%}" if face["gender"] else ""
-                flag = "  [low quality]" if face["low_quality"] else ""
-                print(f"{r['path']}  face {k + 1}: age {face['age']:.0f}{interval}{gender}  "
-                      f"box {[round(v) for v in face['box']]}{flag}")
+    try:
+        predictor = Predictor(args.model, batch_size=args.batch, **detection_options(args))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    root_of = dict(files)
+    fmt = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else "text"
+    writer = Writer(fmt)
+    bar = tqdm(total=len(files), desc="photos", unit="photo", disable=args.no_progress or len(files) < 2)
+    failed = 0
+
+    def emit(r, photo: Path, stem_suffix: str = "") -> None:
+        nonlocal failed
+        failed += r.error is not None
+        writer.write(r)
+        if args.annotate and r.image is not None:
+            target = annotated_path(photo.with_name(photo.stem + stem_suffix + photo.suffix), root_of[photo], Path(args.annotate))
+            save_annotated(annotate(r.image, r.faces), target)
+
+    photos = [f for f, _ in files if not is_video(f)]
+    results = predictor.iter_analyze(photos, return_images=bool(args.annotate), photos_per_batch=max(1, args.batch // 2))
+    for photo, r in zip(photos, results):
+        emit(r, photo)
+        bar.update(1)
+    for video in (f for f, _ in files if is_video(f)):
+        from .inference.inputs import VideoError
+        try:
+            for r in predictor.iter_video(video, every, return_images=bool(args.annotate)):
+                emit(r, video, f"_{r.time:.1f}s" if args.annotate else "")
+        except VideoError as exc:
+            from .inference.results import PhotoResult
+            emit(PhotoResult(0, str(video), [], error=str(exc), error_type="VideoError"), video)
+        bar.update(1)
+    bar.close()
+    writer.close()
     if args.annotate:
         print(f"annotated copies written to {args.annotate}", file=sys.stderr)
-    return 1 if any(r["error"] for r in results) else 0
+    return 1 if failed else 0
 
 
 def _cmd_export(args) -> int:
@@ -215,7 +231,7 @@ def _cmd_serve(args) -> int:
     workers = {"workers": args.workers} if args.workers is not None else {}
     settings = ServeSettings(model=args.model, host=args.host, port=args.port, max_file_mb=args.max_file_mb,
                              max_files=args.max_files, max_megapixels=args.max_megapixels,
-                             queue_timeout_s=args.timeout, **workers)
+                             queue_timeout_s=args.timeout, predictor_options=detection_options(args), **workers)
     from .serve.server import serve
     return serve(settings)
 
@@ -224,12 +240,25 @@ def _cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate, format_report
     from .training.fit import default_data_path
 
-    m = evaluate(args.model, args.data or default_data_path(), split=args.split, json_path=args.json,
+    from .inference.predictor import DEFAULT_MODEL
+    m = evaluate(args.model or str(DEFAULT_MODEL), args.data or default_data_path(), split=args.split, json_path=args.json,
                  split_file=args.split_file)
     print(format_report(m))
     if args.json:
         print(f"metrics written to {args.json}")
     return 0
+
+
+def add_detection_arguments(parser) -> None:
+    """Detection flags, named as in InsightFace (det_size, det_thresh, max_num) and DeepFace (skip)."""
+    g = parser.add_argument_group("face detection")
+    g.add_argument("--det-size", type=int, metavar="PX", help="detect on one copy whose longer side is PX "
+                   "(default: automatic, faces of any size in photos of any size)")
+    g.add_argument("--det-thresh", type=float, default=0.8, help="detection score threshold (default 0.8)")
+    g.add_argument("--min-face-size", type=int, default=0, metavar="PX", help="ignore faces smaller than PX pixels")
+    g.add_argument("--max-faces", type=int, default=0, metavar="N", help="keep only the N largest faces (default: all)")
+    g.add_argument("--no-detect", action="store_true", help="every image is already a face crop (e.g. UTKFace "
+                   "chips): the whole image goes to the model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,14 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every variant")
     ab.set_defaults(func=_cmd_ablate)
 
-    pr = sub.add_parser("predict", help="ages and genders for the faces in photos")
-    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    pr = sub.add_parser("predict", help="ages and genders for the faces in photos and videos")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, or folders (searched recursively)")
     pr.add_argument("--model", help="run directory, checkpoint or .onnx (default: the shipped model)")
     fmt = pr.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="one object per file: path, faces, error")
-    fmt.add_argument("--csv", action="store_true", help="one row per face")
-    pr.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn")
+    fmt.add_argument("--json", action="store_true", help="a JSON array, one object per photo: path, faces, error, note")
+    fmt.add_argument("--jsonl", action="store_true", help="JSON Lines: one object per photo, printed as each finishes")
+    fmt.add_argument("--csv", action="store_true", help="one row per face (a photo without faces: one row with a note)")
+    pr.add_argument("--annotate", metavar="DIR", help="write copies with numbered boxes and labels drawn; folders "
+                                                      "given as PATH are mirrored under DIR")
+    pr.add_argument("--every", default="1s", metavar="TIME", help="for videos: one frame every TIME (default 1s; "
+                                                                  "e.g. 500ms, 2s, 1m)")
     pr.add_argument("--batch", type=int, default=32, help="faces per model batch (default 32)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_detection_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="export a trained model (ONNX + sidecar JSON), verified against torch")
@@ -316,10 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image (default 50)")
     sv.add_argument("--timeout", type=float, default=30.0,
                     help="seconds a request may wait for a worker before a 503 (default 30)")
+    add_detection_arguments(sv)
     sv.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser("evaluate", help="score a trained model")
-    ev.add_argument("--model", required=True, help="run directory, checkpoint or exported .onnx")
+    ev.add_argument("--model", help="run directory, checkpoint or exported .onnx (default: the shipped model)")
     ev.add_argument("--data", help="dataset to score (default: $FACEAGE_DATA or the shared UTKFace)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split (default test); a foreign folder is scored whole")

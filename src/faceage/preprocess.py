@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import FaceageError
 
 # Bump when decoding changes, so cached arrays made by older code are not reused.
 DECODE_VERSION = 1
@@ -48,43 +50,96 @@ class PreprocessSpec:
         return f"{self.size}px-{'rgb' if self.channels == 3 else 'gray'}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-class ImageDecodeError(Exception):
-    """Raised with a short reason: 'empty file', 'not an image', 'corrupt or truncated image'."""
+class ImageDecodeError(FaceageError):
+    """A photo that cannot be used, with a short ``reason`` ('file not found', 'is a folder',
+    'empty file', 'not an image', 'corrupt or truncated image', 'image too large').
 
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
+    Catch this class for any of them, or a subclass for one; the file-system ones are also
+    the matching built-in ``OSError`` so ``except FileNotFoundError`` works as expected."""
+
+    reason = "cannot read image"
+
+    def __init__(self, reason: str | None = None, detail: str = ""):
+        self.reason, self.detail = reason or type(self).reason, detail
+        super().__init__(self.reason + (f": {detail}" if detail else ""))
+
+    def __str__(self) -> str:
+        return self.reason + (f": {self.detail}" if self.detail else "")
+
+
+class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
+    reason = "file not found"
+
+
+class IsAFolderError(ImageDecodeError, IsADirectoryError):
+    reason = "is a folder"
+
+
+class EmptyImageError(ImageDecodeError):
+    reason = "empty file"
+
+
+class NotAnImageError(ImageDecodeError):
+    reason = "not an image"
+
+
+class CorruptImageError(ImageDecodeError):
+    reason = "corrupt or truncated image"
+
+
+class ImageTooLargeError(ImageDecodeError):
+    reason = "image too large"
+
+
+def _register_heif() -> None:
+    """HEIC/HEIF phone photos through the maintained pillow-heif plugin (registered once)."""
+    try:
+        import pillow_heif
+    except ImportError:     # optional at import time: a HEIC file is then 'not an image'
+        return
+    pillow_heif.register_heif_opener()
+
+
+_register_heif()
 
 
 def open_image(source, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image from a path or bytes, honouring EXIF orientation.
 
     Pillow's decompression-bomb guard always applies; ``max_pixels`` sets a stricter limit
-    (the web service's), checked from the header before any pixel is decoded."""
+    (the web service's), checked from the header before any pixel is decoded. Raises a
+    subclass of :class:`ImageDecodeError` naming what is wrong."""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
-                raise ImageDecodeError("empty file")
+                raise EmptyImageError()
             img = Image.open(io.BytesIO(source))
         else:
-            if os.path.getsize(source) == 0:
-                raise ImageDecodeError("empty file")
-            img = Image.open(source)
+            path = Path(source)
+            if path.is_dir():
+                raise IsAFolderError(detail=str(path))
+            if not path.exists():
+                raise ImageNotFoundError(detail=str(path))
+            if path.stat().st_size == 0:
+                raise EmptyImageError()
+            img = Image.open(path)
         if max_pixels and img.width * img.height > max_pixels:
-            raise ImageDecodeError("image too large", f"{img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP, "
-                                                      f"the limit is {max_pixels / 1e6:g} MP")
+            raise ImageTooLargeError(detail=f"{img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP, "
+                                            f"the limit is {max_pixels / 1e6:g} MP")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
         return ImageOps.exif_transpose(img)
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image", str(exc)) from None
+    except UnidentifiedImageError:    # Pillow's message names a BytesIO object: say it plainly
+        raise NotAnImageError(detail="" if isinstance(source, (bytes, bytearray)) else str(source)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("image too large", str(exc)) from None
+        raise ImageTooLargeError(detail=str(exc)) from None
+    except PermissionError as exc:
+        raise ImageDecodeError("permission denied", str(exc.filename or "")) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError("corrupt or truncated image", str(exc)) from None
+        raise CorruptImageError(detail=str(exc)) from None
 
 
 def frame(img: Image.Image, spec: PreprocessSpec) -> Image.Image:

@@ -76,7 +76,8 @@ def test_api_accepts_path_bytes_pil_and_numpy(predictor, photo, tmp_path):
     from_pixels = [predictor.analyze(photo)[0].age, predictor.analyze(np.asarray(photo))[0].age]
     assert len(set(from_file)) == 1 and len(set(from_pixels)) == 1
     d = analyze(photo)[0].to_dict()
-    assert set(d) == {"box", "landmarks", "score", "age", "age_low", "age_high", "age_bin", "gender", "gender_prob", "low_quality"}
+    assert set(d) == {"number", "box", "landmarks", "score", "age", "age_low", "age_high", "age_bin", "gender",
+                      "gender_prob", "gender_probs", "low_quality"}
 
 
 def test_several_faces_and_no_face(predictor, photo):
@@ -88,9 +89,18 @@ def test_several_faces_and_no_face(predictor, photo):
 
 
 def test_small_face_is_flagged(predictor):
-    f = predictor._face(Detection(np.array([0, 0, 20, 24.0]), np.zeros((5, 2)), 0.9),
-                        {"age": np.float32(30), "age_bin": np.float32(2), "gender_prob": np.float32(0.2)})
+    f = predictor._face(1, Detection(np.array([0, 0, 20, 24.0]), np.zeros((5, 2)), 0.9),
+                        {"age": np.float32(30), "age_bin": np.float32(2), "gender_prob": np.float32(0.2)}, None)
     assert f.low_quality and f.gender == "male" and abs(f.gender_prob - 0.8) < 1e-6
+    assert f.gender_probs == {"female": 0.2, "male": 0.8}
+
+
+def test_the_age_bin_is_the_bin_of_the_printed_age(predictor):
+    """An age-bins model's expected age (52) and its most likely bin (71-80) can disagree; the
+    answer names the bin holding the age it prints."""
+    f = predictor._face(1, Detection(np.array([0, 0, 90, 90.0]), np.zeros((5, 2)), 0.9),
+                        {"age": np.float32(52.4), "age_bin": np.float32(7), "gender_prob": np.float32(0.9)}, None)
+    assert f.age == 52.4 and f.age_bin == "51-60"
 
 
 def test_cli_predict_json_errors_and_exit_code(photo, tmp_path):
@@ -108,7 +118,7 @@ def test_cli_predict_json_errors_and_exit_code(photo, tmp_path):
     assert out["zero.jpg"]["error"] == "empty file"
     assert out["truncated.jpg"]["error"] == "corrupt or truncated image"
     assert out["notes.jpg"]["error"] == "not an image"
-    assert (tmp_path / "ann" / "face.annotated.png").is_file()
+    assert (tmp_path / "ann" / "face.annotated.jpg").is_file()      # a JPEG stays a JPEG
     assert "Traceback" not in r.stderr
 
 

@@ -147,9 +147,100 @@ def test_model_health_and_docs(client):
     assert m["input"]["size"] == shipped["preprocess"]["size"] and m["metrics"]["mae"] == shipped["metrics"]["mae"]
     assert m["metrics"]["n"] == 2811 and m["metrics"]["mae"] < 5.5
     assert m["limits"]["max_file_mb"] == 10
+    assert isinstance(m["detection"], dict)            # the server-wide detection options
     spec = client.get("/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_and_redoc_load_nothing_from_other_hosts(client):
+    # FastAPI's default /docs pulls Swagger UI from a CDN and is blank offline: ours are served here.
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text, r.text
+    docs = client.get("/docs").text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        assert f"/docs/static/{asset}" in docs
+        assert client.get(f"/docs/static/{asset}").status_code == 200
+    assert client.get("/docs/static/redoc.standalone.js").status_code == 200
+
+
+def test_openapi_describes_the_answers(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def ref(schema: dict) -> str:
+        return schema["$ref"].rsplit("/", 1)[-1]
+
+    analyze = spec["paths"]["/v1/analyze"]["post"]["responses"]
+    answer = schemas[ref(analyze["200"]["content"]["application/json"]["schema"])]
+    image = schemas[ref(answer["properties"]["images"]["items"])]
+    face = schemas[ref(image["properties"]["faces"]["items"])]
+    assert ref(image["properties"]["faces"]["items"]) == "Face"
+    assert {"number", "box", "age", "age_low", "age_high", "gender", "gender_prob", "gender_probs",
+            "low_quality"} <= set(face["properties"])
+    assert {"number", "box", "age", "gender"} <= set(face["required"])
+    for status in ("413", "415", "422", "503"):             # errors are documented as {"error": ...}
+        assert ref(analyze[status]["content"]["application/json"]["schema"]) == "ErrorResponse"
+    model = spec["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"name", "metrics", "limits", "detection"} <= set(schemas[ref(model)]["properties"])
+
+
+def test_answers_match_the_documented_schema(client, astronaut_png):
+    from faceage.serve.app import AnalyzeResponse, ModelInfo
+    body = post(client, ("a.png", astronaut_png.read_bytes(), "image/png")).json()
+    AnalyzeResponse.model_validate(body)
+    (face,) = body["images"][0]["faces"]
+    assert face["number"] == 1
+    ModelInfo.model_validate(client.get("/v1/model").json())
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("get", "/no/such/page", 404),
+    ("get", "/static/missing.js", 404),
+    ("get", "/v1/analyze", 405),
+    ("delete", "/v1/model", 405),
+])
+def test_every_error_answers_json_with_an_error_key(client, method, path, status):
+    r = client.request(method.upper(), path)
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error"} and path in body["error"]
+    if status == 405:
+        assert r.headers["allow"] and r.headers["allow"] in body["error"]
+
+
+def test_server_wide_detection_options_reach_the_predictor(monkeypatch):
+    from faceage.inference import predictor as predictor_module
+    from faceage.serve.app import load_predictor
+    seen = {}
+
+    class Recorder:                                     # stands in for Predictor: records its arguments
+        def __init__(self, model=None, **kwargs):
+            seen.update(model=model, **kwargs)
+
+        def analyze(self, image):
+            return []
+
+    monkeypatch.setattr(predictor_module, "Predictor", Recorder)
+    options = {"det_size": 1280, "det_thresh": 0.6, "min_face_size": 20, "max_num_faces": 3}
+    load_predictor(ServeSettings(predictor_options=options, workers=1))
+    assert seen == {"model": None, "threads": ServeSettings(workers=1).threads_per_worker, **options}
+    assert ServeSettings().predictor_options == {}
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_2():
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "faceage", "serve", "--port", str(port)],
+                           capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2, r.stderr
+    # the failure alone, on one line: nothing claims it is serving, no traceback
+    assert r.stderr.splitlines() == [f"faceage: error: port {port} is already in use on 127.0.0.1: stop what uses "
+                                     "it, or choose another with --port"], r.stderr
 
 
 def test_page_and_its_assets_are_served_locally(client):

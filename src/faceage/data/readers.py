@@ -20,7 +20,7 @@ from ..errors import DataError
 from ..labels import MAX_AGE, MIN_AGE
 from .manifest import MISSING, Manifest, Sample, SkipReport
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 # [age]_[gender]_[race]_[date&time].jpg.chip.jpg  (gender and race are single digits)

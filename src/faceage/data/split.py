@@ -6,7 +6,9 @@ relative to the dataset root.
 """
 from __future__ import annotations
 
+import base64
 import csv
+import gzip
 import io
 import random
 from collections import defaultdict
@@ -71,12 +73,35 @@ def make_split(samples: list[Sample], fractions=(0.7, 0.15, 0.15), seed: int = 4
 
 
 def save_split(assignment: dict[str, str], path: str | Path) -> None:
+    atomic_write_text(path, split_csv_text(assignment))
+
+
+def split_csv_text(assignment: dict[str, str]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "split"])
     for key in sorted(assignment):
         w.writerow([key, assignment[key]])
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def encode_split(assignment: dict[str, str]) -> dict:
+    """The split as a JSON-ready record (gzip + base64 of its CSV: ~19k keys in ~100 kB), so an
+    exported model knows which images it was trained on."""
+    data = base64.b64encode(gzip.compress(split_csv_text(assignment).encode(), mtime=0)).decode()
+    return {"encoding": "csv+gzip+base64", "n": len(assignment), "data": data}
+
+
+def decode_split(record: dict) -> dict[str, str]:
+    if record.get("encoding") != "csv+gzip+base64":
+        raise DataError(f"unknown split encoding {record.get('encoding')!r}")
+    rows = csv.DictReader(io.StringIO(gzip.decompress(base64.b64decode(record["data"])).decode()))
+    return {r["key"]: r["split"] for r in rows}
+
+
+def trained_on(assignment: dict[str, str], samples) -> int:
+    """How many of ``samples`` the split put in training or validation (seen while fitting)."""
+    return sum(assignment.get(s.key) in ("train", "val", BOTH) for s in samples)
 
 
 def load_split(path: str | Path) -> dict[str, str]:

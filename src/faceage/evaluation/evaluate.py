@@ -10,7 +10,7 @@ from ..atomic import atomic_write_json
 from ..data.cache import ImageCache
 from ..data.manifest import Sample, SkipReport
 from ..data.readers import read_dataset
-from ..data.split import apply_split, load_split
+from ..data.split import apply_split, decode_split, load_split, trained_on
 from ..errors import DataError
 from ..inference.runners import load_runner
 from ..labels import RACES, bin_labels
@@ -37,17 +37,30 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
     set) is scored whole, as is ``split`` = "all".
     """
     manifest, report = read_dataset(data, cache_dir)
-    if split_file is not None and not Path(split_file).is_file():
-        raise DataError(f"split file not found: {split_file}")
-    split_file = Path(split_file) if split_file else loaded.path.parent / "split.csv"
-    if split in (None, "all") or not split_file.is_file():
+    assignment = model_split(loaded, split_file)
+    if split in (None, "all") or assignment is None:
         return manifest.samples, report, "all usable images"
-    assignment = load_split(split_file)
     named = [s for s in manifest.samples if s.key in assignment]
     if not named:
         return manifest.samples, report, "all usable images (not the training dataset)"
     parts, _ = apply_split(named, assignment)
-    return parts[split], report, f"{split} split of {split_file.parent if split_file.name == 'split.csv' else split_file}"
+    source = split_file or (loaded.path.parent / "split.csv" if (loaded.path.parent / "split.csv").is_file()
+                            else f"{loaded.path.name}'s sidecar")
+    return parts[split], report, f"{split} split of {source}"
+
+
+def model_split(loaded, split_file: str | None = None) -> dict[str, str] | None:
+    """The model's train/val/test assignment: ``split_file``, else the ``split.csv`` beside the
+    checkpoint, else the copy an exported model carries in its sidecar; None if none."""
+    if split_file is not None:
+        if not Path(split_file).is_file():
+            raise DataError(f"split file not found: {split_file}")
+        return load_split(split_file)
+    beside = loaded.path.parent / "split.csv"
+    if beside.is_file():
+        return load_split(beside)
+    record = (getattr(loaded, "meta", None) or {}).get("split")
+    return decode_split(record) if record else None
 
 
 def evaluate(model: str, data: str, split: str | None = "test", json_path: str | None = None,
@@ -59,6 +72,11 @@ def evaluate(model: str, data: str, split: str | None = "test", json_path: str |
     samples = cache.build(samples, report)
     if not samples:
         raise DataError(f"no usable image to evaluate in {data} ({scope})")
+    assignment = model_split(loaded, split_file)
+    seen = trained_on(assignment, samples) if assignment else 0
+    if seen and not quiet:
+        print(f"warning: {seen} of the {len(samples)} images scored were used to train or select this model: "
+              f"its scores on them are optimistic", file=sys.stderr)
     if not quiet:
         print(f"evaluating {loaded.path} ({type(loaded).__name__[:-6].lower()}) on {len(samples)} images ({scope})", file=sys.stderr)
     rec = predict_samples(loaded, cache, samples)
@@ -66,7 +84,7 @@ def evaluate(model: str, data: str, split: str | None = "test", json_path: str |
     gender = np.array([s.gender for s in samples])
     race = np.array([s.race for s in samples])
     out: dict = {"model": str(loaded.path), "model_name": spec.name, "data": str(data), "scope": scope,
-                 "n": len(samples), "skipped": len(report)}
+                 "n": len(samples), "skipped": len(report), "trained_on": seen if assignment else None}
     plot_dir = Path(plots_dir) if plots_dir else (Path(json_path).parent / "eval_plots" if json_path else None)
     labelled = ~np.isnan(age)
     if "age" in rec and labelled.any():
@@ -102,6 +120,8 @@ def evaluate(model: str, data: str, split: str | None = "test", json_path: str |
 
 def format_report(m: dict) -> str:
     lines = [f"{m['model_name']} on {m['n']} images ({m['scope']})"]
+    if m.get("trained_on"):
+        lines.append(f"  WARNING: {m['trained_on']} of these images were used to train or select this model")
     if "mae" in m:
         lines.append(f"  age: MAE {m['mae']:.2f}  RMSE {m['rmse']:.2f}  CS@5 {m['cs5']:.1%}")
         if "interval90_coverage" in m:

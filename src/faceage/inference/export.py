@@ -72,6 +72,10 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
                            "meaning": "face crops framed per 'preprocess', raw pixel values (RGB or gray)"},
                  "outputs": sorted(graph(sample)), "source_checkpoint": str(loaded.path)})
     meta.pop("config", None)
+    split_csv = loaded.path.parent / "split.csv"
+    if split_csv.is_file():   # so `faceage evaluate` can warn when scored images were trained on
+        from ..data.split import encode_split, load_split
+        meta["split"] = encode_split(load_split(split_csv))
     metrics = metrics or (loaded.path.parent / "metrics.json")
     if Path(metrics).is_file():
         meta["metrics"] = metrics_summary(metrics)

@@ -6,149 +6,216 @@ torch through the same graph.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from ..labels import bin_labels
-from ..preprocess import ImageDecodeError, open_image
+from ..labels import age_to_bin, bin_labels
+from ..preprocess import ImageDecodeError, frame
 from .align import align_face
+from .detector import Detection
+from .inputs import to_rgb_image, video_frames
+from .results import Face, PhotoResult
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default.onnx"
 LOW_QUALITY_PX = 32
-
-
-@dataclass
-class Face:
-    box: list[float]             # x1, y1, x2, y2 in the photo's pixels (after EXIF rotation)
-    landmarks: list[list[float]]  # 5 x (x, y)
-    score: float                 # detection confidence
-    age: float | None
-    age_low: float | None        # 90% interval from the predicted age distribution
-    age_high: float | None
-    age_bin: str | None
-    gender: str | None           # "male" / "female"
-    gender_prob: float | None    # probability of that gender
-    low_quality: bool            # face smaller than 32 px: estimate is less reliable
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def to_rgb_image(image, max_pixels: int | None = None) -> Image.Image:
-    """Path, bytes, PIL image or NumPy array -> 8-bit RGB PIL image (EXIF orientation applied)."""
-    if isinstance(image, (str, Path)) or isinstance(image, (bytes, bytearray)):
-        img = open_image(image if not isinstance(image, str) else Path(image), max_pixels=max_pixels)
-    elif isinstance(image, Image.Image):
-        img = image
-    elif isinstance(image, np.ndarray):
-        img = Image.fromarray(image)
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}: give a path, bytes, PIL image or NumPy array")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):          # 16-bit / float: scale to 8 bit
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr / max(arr.max(), 1.0) * 255.0
-        img = Image.fromarray(arr.astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
-        return bg
-    return img.convert("RGB")
+DETECTORS = ("retinaface", "skip")
 
 
 class Predictor:
-    """Reusable detector + model. ``model``: None (the shipped default), a run directory, a
-    checkpoint or an exported ``.onnx``."""
+    """Reusable detector + model.
 
-    def __init__(self, model=None, detector=None, batch_size: int = 32, threads: int | None = None):
-        """``threads``: onnxruntime threads for the detector and the age model, each (None: all cores)."""
-        from .detector import RetinaFaceDetector
+    Parameters (names as in InsightFace / DeepFace where they exist)
+    ----------
+    model: None (the shipped default), a run directory, a checkpoint or an exported ``.onnx``.
+    detector: "retinaface" (default), "skip" (every image is already a face crop, as UTKFace's
+        chips: the whole image goes to the model) or any object with ``detect(image)``.
+    det_size: longer side of the detection copy in px; None finds faces of any size.
+    det_thresh: detection score threshold.
+    min_face_size: ignore faces whose box is smaller than this many px (shorter side).
+    max_num_faces: keep only the largest N faces (0: all).
+    threads: onnxruntime threads for the detector and the age model, each (None: all cores).
+    """
+
+    def __init__(self, model=None, detector=None, *, det_size: int | None = None, det_thresh: float = 0.8,
+                 min_face_size: int = 0, max_num_faces: int = 0, batch_size: int = 32, threads: int | None = None):
         from .runners import load_runner
+        if isinstance(detector, str) and detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}: use one of {', '.join(DETECTORS)}")
+        if not 0 < det_thresh < 1:
+            raise ValueError(f"det_thresh must be between 0 and 1, not {det_thresh}")
+        if det_size is not None and det_size < 32:
+            raise ValueError(f"det_size must be at least 32 px, not {det_size}")
+        if min_face_size < 0 or max_num_faces < 0:
+            raise ValueError("min_face_size and max_num_faces must not be negative")
         # The detector and the model run in turn: neither session may spin while the other works.
         self.runner = load_runner(model or DEFAULT_MODEL, threads=threads, spinning=False)
-        self.detector = detector or RetinaFaceDetector(threads=threads)
+        self.skip_detection = detector == "skip"
+        if detector is None or detector == "retinaface":
+            from .detector import RetinaFaceDetector
+            # Asking for big faces only also spares the detector the fine passes that find small ones.
+            detector = RetinaFaceDetector(score_threshold=det_thresh, det_size=det_size, threads=threads,
+                                          min_face_size=max(32, min_face_size))
+        self.detector = None if self.skip_detection else detector
+        self.min_face_size, self.max_num_faces = min_face_size, max_num_faces
+        self.options = {"detector": "skip" if self.skip_detection else type(detector).__name__,
+                        "det_size": det_size, "det_thresh": det_thresh, "min_face_size": min_face_size,
+                        "max_num_faces": max_num_faces}
         self.batch_size = batch_size
         self.pre = self.runner.preprocess
-        self.bin_names = bin_labels(self.runner.spec.age_bins)
+        self.bin_edges = self.runner.spec.age_bins
+        self.bin_names = bin_labels(self.bin_edges)
 
-    def _crops(self, rgb: Image.Image):
+    # ---- one photo -------------------------------------------------------------------------
+    def analyze(self, image, *, channels: str = "rgb", return_crops: bool = False) -> list[Face]:
+        """The faces in one photo (path, bytes, PIL image or NumPy array; arrays are RGB unless
+        ``channels="bgr"``). A photo that cannot be read raises a subclass of
+        :class:`faceage.preprocess.ImageDecodeError` saying why."""
+        rgb = to_rgb_image(image, channels=channels)
+        return self._predict([self._find_faces(rgb)], return_crops)[0]
+
+    # ---- many photos -----------------------------------------------------------------------
+    def iter_analyze(self, images: Iterable, *, channels: str = "rgb", return_crops: bool = False,
+                     return_images: bool = False, progress: bool = False,
+                     photos_per_batch: int = 16) -> Iterator[PhotoResult]:
+        """One :class:`PhotoResult` per input, in input order, as soon as its batch is done.
+
+        A file that cannot be read gives a result with ``error`` set and the others go on. At
+        most ``photos_per_batch`` decoded photos are held at a time, so a generator over
+        100,000 paths runs in bounded memory; ``progress`` shows a bar counting photos."""
+        from tqdm import tqdm
+        total = len(images) if hasattr(images, "__len__") else None
+        bar = tqdm(total=total, disable=not progress, desc="photos", unit="photo")
+        try:
+            chunk: list = []
+            for index, image in enumerate(images):
+                chunk.append((index, image))
+                if len(chunk) == photos_per_batch:
+                    yield from self._analyze_chunk(chunk, channels, return_crops, return_images)
+                    bar.update(len(chunk))
+                    chunk = []
+            if chunk:
+                yield from self._analyze_chunk(chunk, channels, return_crops, return_images)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def analyze_many(self, images: Iterable, **options) -> list[PhotoResult]:
+        """:meth:`iter_analyze` as a list: one result (faces or an error) per input."""
+        return list(self.iter_analyze(images, **options))
+
+    def iter_video(self, path, every: float = 1.0, *, return_crops: bool = False,
+                   return_images: bool = False) -> Iterator[PhotoResult]:
+        """Faces in frames of a video (any format OpenCV reads), one frame every ``every``
+        seconds; each result carries the frame's ``time`` in seconds."""
+        chunk: list = []
+        for t, rgb in video_frames(path, every):
+            chunk.append((t, rgb))
+            if len(chunk) == 8:
+                yield from self._video_chunk(path, chunk, return_crops, return_images)
+                chunk = []
+        if chunk:
+            yield from self._video_chunk(path, chunk, return_crops, return_images)
+
+    def _video_chunk(self, path, chunk, return_crops, return_images):
+        per_image = [self._find_faces(rgb) for _, rgb in chunk]
+        for (t, rgb), faces in zip(chunk, self._predict(per_image, return_crops)):
+            yield PhotoResult(index=0, path=str(path), faces=faces, time=t, image=rgb if return_images else None)
+
+    def _analyze_chunk(self, chunk, channels, return_crops, return_images) -> list[PhotoResult]:
+        results, found = [], []
+        for index, image in chunk:
+            path = str(image) if isinstance(image, (str, Path)) else None
+            try:
+                rgb = to_rgb_image(image, channels=channels)
+            except (ImageDecodeError, TypeError) as exc:
+                results.append(PhotoResult(index, path, [], error=describe_error(exc), error_type=type(exc).__name__))
+                continue
+            results.append(PhotoResult(index, path, [], image=rgb if return_images else None))
+            found.append((results[-1], self._find_faces(rgb)))
+        for result, faces in zip((r for r, _ in found), self._predict([f for _, f in found], return_crops)):
+            result.faces = faces
+        return results
+
+    # ---- the pipeline ----------------------------------------------------------------------
+    def _find_faces(self, rgb: Image.Image) -> list[tuple[Detection | None, np.ndarray]]:
+        """(detection, aligned crop) per face: filtered by size, the largest N, in reading order."""
+        if self.skip_detection:        # the photo is the crop: framed exactly as in training
+            box = np.array([0, 0, rgb.width, rgb.height], dtype=np.float64)
+            return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
         detections = self.detector.detect(rgb)
-        crops = []
-        for d in detections:
-            crop = align_face(rgb, d.landmarks, self.pre.size)
-            if self.pre.channels == 1:
-                crop = crop.convert("L")
-            arr = np.asarray(crop, dtype=np.uint8)
-            crops.append(arr[:, :, None] if arr.ndim == 2 else arr)
-        return detections, crops
+        if self.min_face_size:
+            detections = [d for d in detections if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face_size]
+        if self.max_num_faces:
+            detections = sorted(detections, key=_area, reverse=True)[: self.max_num_faces]
+        detections.sort(key=lambda d: ((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2))
+        return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size))) for d in detections]
 
-    def analyze_many(self, images) -> list[list[Face]]:
-        """One list of faces per image; all faces go through the model in shared batches."""
-        per_image = [self._crops(to_rgb_image(im)) for im in images]
-        return self._predict(per_image)
+    def _as_input(self, crop: Image.Image) -> np.ndarray:
+        if self.pre.channels == 1:
+            crop = crop.convert("L")
+        arr = np.asarray(crop, dtype=np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr
 
-    def _predict(self, per_image) -> list[list[Face]]:
-        flat = [c for _, crops in per_image for c in crops]
+    def _predict(self, per_image, return_crops: bool = False) -> list[list[Face]]:
+        flat = [crop for faces in per_image for _, crop in faces]
         record: dict[str, np.ndarray] = {}
         for i in range(0, len(flat), self.batch_size):
             out = self.runner.predict(np.stack(flat[i:i + self.batch_size]))
             for k, v in out.items():
                 record[k] = np.concatenate([record[k], v]) if k in record else v
         results, j = [], 0
-        for detections, _ in per_image:
-            faces = []
-            for d in detections:
-                faces.append(self._face(d, {k: v[j] for k, v in record.items()}))
+        for faces in per_image:
+            out = []
+            for number, (d, crop) in enumerate(faces, start=1):
+                out.append(self._face(number, d, {k: v[j] for k, v in record.items()}, crop if return_crops else None))
                 j += 1
-            results.append(faces)
+            results.append(out)
         return results
 
-    def _face(self, d, r: dict) -> Face:
+    def _face(self, number: int, d: Detection, r: dict, crop) -> Face:
         gp = r.get("gender_prob")
         w, h = d.box[2] - d.box[0], d.box[3] - d.box[1]
+        age = round(float(r["age"]), 1) if "age" in r else None
+        if "age_bin" in r:   # the bin of the age shown, so "age 52" never comes with "71-80"
+            age_bin = self.bin_names[age_to_bin(round(age), self.bin_edges) if age is not None else int(r["age_bin"])]
+        else:
+            age_bin = None
         return Face(
-            box=[round(float(v), 1) for v in d.box], landmarks=[[round(float(x), 1), round(float(y), 1)] for x, y in d.landmarks],
-            score=round(d.score, 4),
-            age=round(float(r["age"]), 1) if "age" in r else None,
+            number=number, box=[round(float(v), 1) for v in d.box],
+            landmarks=None if d.landmarks is None else [[round(float(x), 1), round(float(y), 1)] for x, y in d.landmarks],
+            score=None if d.score is None else round(d.score, 4),
+            age=age,
             age_low=float(r["age_low"]) if "age_low" in r else None,
             age_high=float(r["age_high"]) if "age_high" in r else None,
-            age_bin=self.bin_names[int(r["age_bin"])] if "age_bin" in r else None,
+            age_bin=age_bin,
             gender=None if gp is None else ("female" if gp >= 0.5 else "male"),
             gender_prob=None if gp is None else round(float(gp if gp >= 0.5 else 1 - gp), 4),
+            gender_probs=None if gp is None else {"female": round(float(gp), 4), "male": round(1 - float(gp), 4)},
             low_quality=bool(min(w, h) < LOW_QUALITY_PX),
+            crop=crop,
         )
 
-    def analyze(self, image) -> list[Face]:
-        return self.analyze_many([image])[0]
 
-    def predict_files(self, files: list[Path], annotate_dir: Path | None = None, photos_per_batch: int = 16,
-                      progress: bool = False) -> list[dict]:
-        """One result per file: ``{path, faces, error, note}``. A file that cannot be read gets
-        an error and the others go on; faces of several photos share model batches."""
-        from tqdm import tqdm
-        results = []
-        for i in tqdm(range(0, len(files), photos_per_batch), disable=not progress, desc="photos", unit="batch"):
-            group = [Path(f) for f in files[i:i + photos_per_batch]]
-            loaded = [(f, *read_for_predict(f)) if f.is_file() else (f, None, "file not found") for f in group]
-            ok = [(f, img) for f, img, _ in loaded if img is not None]
-            faces_by = dict(zip((f for f, _ in ok), self.analyze_many([img for _, img in ok]))) if ok else {}
-            for f, img, err in loaded:
-                faces = faces_by.get(f, [])
-                results.append({"path": str(f), "faces": [x.to_dict() for x in faces], "error": err,
-                                "note": None if err or faces else "no face found"})
-                if annotate_dir is not None and img is not None:
-                    Path(annotate_dir).mkdir(parents=True, exist_ok=True)
-                    annotate(img, faces).save(Path(annotate_dir) / f"{f.stem}.annotated.png")
-        return results
+def describe_error(exc: Exception) -> str:
+    """The reason, plus the detail where it helps (the path is already in the result)."""
+    if isinstance(exc, ImageDecodeError):
+        return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in ("image too large", "permission denied") else "")
+    return str(exc)
+
+
+def _area(d: Detection) -> float:
+    return float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
 
 
 _DEFAULT: Predictor | None = None
 
 
-def analyze(image, *, model=None) -> list[Face]:
-    """Faces with age and gender in one call. ``image``: path, bytes, PIL image or NumPy array.
+def analyze(image, *, model=None, channels: str = "rgb", return_crops: bool = False) -> list[Face]:
+    """Faces with age and gender in one call. ``image``: path, bytes, PIL image or NumPy array
+    (RGB; ``channels="bgr"`` for OpenCV arrays).
 
     Examples
     --------
@@ -159,36 +226,7 @@ def analyze(image, *, model=None) -> list[Face]:
     """
     global _DEFAULT
     if model is not None:
-        return Predictor(model).analyze(image)
+        return Predictor(model).analyze(image, channels=channels, return_crops=return_crops)
     if _DEFAULT is None:
         _DEFAULT = Predictor()
-    return _DEFAULT.analyze(image)
-
-
-def annotate(image: Image.Image, faces: list[Face]) -> Image.Image:
-    """A copy with boxes and 'age ± interval, gender' labels drawn."""
-    from PIL import ImageDraw
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
-    width = max(2, round(max(out.size) / 400))
-    for f in faces:
-        draw.rectangle(f.box, outline=(255, 40, 40), width=width)
-        label = f"{f.age:.0f}" if f.age is not None else "?"
-        if f.age_low is not None:
-            label += f" ({f.age_low:.0f}-{f.age_high:.0f})"
-        if f.gender:
-            label += f", {f.gender} {f.gender_prob:.0%}"
-        x, y = f.box[0], max(0, f.box[1] - 14 * width)
-        draw.rectangle(draw.textbbox((x, y), label), fill=(255, 40, 40))
-        draw.text((x, y), label, fill=(255, 255, 255))
-    return out
-
-
-def read_for_predict(path: Path):
-    """(PIL RGB image, None) or (None, error message) - a bad file never stops a batch."""
-    try:
-        return to_rgb_image(path), None
-    except ImageDecodeError as exc:
-        return None, f"{exc.reason}" + (f": {exc.detail}" if exc.detail and exc.reason == "image too large" else "")
-    except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
+    return _DEFAULT.analyze(image, channels=channels, return_crops=return_crops)

@@ -16,17 +16,20 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import FaceageError
 from ..preprocess import ImageDecodeError
+from .docs import CSP_PAGE, add_docs, with_csp
+from .errors import add_error_handlers, error
+from .schemas import AnalyzeResponse, ModelInfo, error_responses
 from .settings import ServeSettings
 from .uploads import FIELD, UploadError, read_uploads
 
 STATIC = Path(str(resources.files("faceage.serve") / "static"))
-
 # Decoding failures -> HTTP status: not an image at all is an unsupported media type; an image
 # that cannot be decoded is unprocessable content; an oversized one is too large.
 STATUS_FOR_REASON = {"not an image": 415, "empty file": 422, "corrupt or truncated image": 422,
@@ -43,14 +46,16 @@ def load_predictor(settings: ServeSettings):
     """Load model and detector once; a model that fails to load raises FaceageError."""
     from ..inference.predictor import Predictor
     try:
-        predictor = Predictor(settings.model, threads=settings.threads_per_worker)
+        predictor = Predictor(settings.model, threads=settings.threads_per_worker, **settings.predictor_options)
         # Warm up both networks (and the detector's lazily created session) before serving.
         from PIL import Image
         predictor.analyze(Image.new("RGB", (64, 64)))
     except FaceageError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load failure must stop the server cleanly
-        raise FaceageError(f"cannot load model {settings.model or 'default'}: {exc}") from None
+        options = ", ".join(f"{k}={v!r}" for k, v in settings.predictor_options.items())
+        raise FaceageError(f"cannot load model {settings.model or 'default'}"
+                           f"{f' with {options}' if options else ''}: {exc}") from None
     return predictor
 
 
@@ -65,6 +70,8 @@ def describe_model(predictor, settings: ServeSettings) -> dict:
             from ..inference.export import metrics_summary
             metrics = metrics_summary(candidate)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    # The predictor's effective options (defaults included) when it reports them, else those given.
+    detection = dict(getattr(predictor, "options", None) or settings.predictor_options)
     return {
         "name": "default" if settings.model is None else path.name,
         "version": f"faceage {meta.get('faceage_version', __version__)}" + (f", sha256 {digest}" if digest else ""),
@@ -73,16 +80,13 @@ def describe_model(predictor, settings: ServeSettings) -> dict:
         "tasks": dict(runner.spec.tasks),
         "input": runner.preprocess.to_dict(),
         "age_bins": predictor.bin_names,
-        "detector": type(predictor.detector).__name__,
+        "detector": str(detection.get("detector") or type(predictor.detector).__name__),
+        "detection": jsonable_encoder(detection),
         "metrics": metrics,
         "limits": {"max_file_mb": settings.max_file_mb, "max_files": settings.max_files,
                    "max_megapixels": settings.max_megapixels, "queue_timeout_s": settings.queue_timeout_s,
                    "workers": settings.workers},
     }
-
-
-def error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
 
 
 def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI:
@@ -99,20 +103,24 @@ def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI
         yield
         pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="faceage", version=__version__, lifespan=lifespan,
-                  description="Age and gender for the faces in your photos, computed on this machine.")
+    app = FastAPI(title="faceage", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Age and gender for the faces in your photos, computed on this machine. "
+                              "Every error answers `{\"error\": message}`.")
+    add_error_handlers(app)
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC / "index.html")
+        return with_csp(CSP_PAGE, FileResponse(STATIC / "index.html"))
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/model")
-    def model() -> dict:
+    @app.get("/v1/model", response_model=ModelInfo)
+    def model():
+        """The model, its measured quality, the detection options and the upload limits."""
         return model_info
 
     def analyze_uploads(uploads) -> tuple[list[dict], list[dict], dict]:
@@ -131,20 +139,24 @@ def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI
         t1 = time.perf_counter()
         if failures:
             return [], failures, {"decode": (t1 - t0) * 1000}
-        faces = predictor.analyze_many(images)
+        results = []
+        for up, im, found in zip(uploads, images, predictor.analyze_many(images)):
+            faces = [f.to_dict() for f in found.faces]     # numbered 1, 2, ... in reading order
+            results.append({"filename": up.filename, "width": im.width, "height": im.height,
+                            "faces": faces, "note": None if faces else "no face found"})
         t2 = time.perf_counter()
-        results = [{"filename": up.filename, "width": im.width, "height": im.height,
-                    "faces": [f.to_dict() for f in fs], "note": None if fs else "no face found"}
-                   for up, im, fs in zip(uploads, images, faces)]
         return results, [], {"decode": (t1 - t0) * 1000, "faces": (t2 - t1) * 1000}
 
-    @app.post("/v1/analyze", openapi_extra=ANALYZE_BODY,
-              responses={413: {"description": "file, request or image too large"},
-                         415: {"description": "not multipart, or a file that is not an image"},
-                         422: {"description": "empty, corrupt or truncated image; malformed form"},
-                         503: {"description": "no inference worker free within the queue timeout"}})
+    @app.post("/v1/analyze", openapi_extra=ANALYZE_BODY, response_model=AnalyzeResponse,
+              responses=error_responses({
+                  413: "file, request or image too large",
+                  415: "not multipart, or a file that is not an image",
+                  422: "empty, corrupt or truncated image; malformed form",
+                  503: "no inference worker free within the queue timeout"}))
     async def analyze(request: Request):
-        """Faces with age (and 90% interval) and gender for each uploaded image."""
+        """Faces with age (and 90% interval) and gender for each uploaded image.
+
+        One bad file fails the whole request (413 over 415 over 422) and is named in `files`."""
         start = time.perf_counter()
         try:
             uploads = await read_uploads(request, settings.max_file_bytes, settings.max_files)
@@ -154,8 +166,8 @@ def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI
         try:
             await asyncio.wait_for(free.acquire(), timeout=settings.queue_timeout_s)
         except asyncio.TimeoutError:
-            return JSONResponse({"error": f"server busy: no worker free within {settings.queue_timeout_s:g} s; retry later"},
-                                status_code=503, headers={"Retry-After": "5"})
+            return error(503, f"server busy: no worker free within {settings.queue_timeout_s:g} s; retry later",
+                         headers={"Retry-After": "5"})
         queued = time.perf_counter()
         try:
             results, failures, timing = await asyncio.get_running_loop().run_in_executor(pool, analyze_uploads, uploads)

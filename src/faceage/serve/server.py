@@ -1,10 +1,12 @@
 """`faceage serve`: validate settings, load the model once, then run uvicorn."""
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import sys
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FaceageError
 from .settings import ServeSettings
 
 
@@ -28,6 +30,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than by uvicorn: a port in use is then one clear
+    error (exit 2), raised before anything says "serving", instead of uvicorn's log line and exit 1."""
+    # The address family as uvicorn chooses it: IPv6 only for an IPv6 literal.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # As uvicorn does: a restart may reuse a port whose old connections linger in TIME_WAIT.
+    # (On Linux this does not allow a second listener on a port another socket listens on.)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise FaceageError(f"port {port} is already in use on {host}: stop what uses it, or choose "
+                               "another with --port") from None
+        raise FaceageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(settings: ServeSettings) -> int:
     import uvicorn
 
@@ -35,16 +56,14 @@ def serve(settings: ServeSettings) -> int:
     check(settings)
     predictor = load_predictor(settings)        # a bad model stops here, before binding the port
     app = create_app(settings, predictor)
+    sock = bind(settings.host, settings.port)   # a port in use stops here, before "serving on"
     url = f"http://{settings.host}:{settings.port}"
     print(f"faceage: serving {settings.model or 'the default model'} on {url}  (page: {url}/, API docs: {url}/docs)",
           file=sys.stderr)
     if not is_loopback(settings.host):
         print("faceage: warning: listening beyond this machine. There is no authentication or TLS; put a reverse "
               "proxy with both in front (see README, 'Serving').", file=sys.stderr)
-    try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
-    except SystemExit as exc:                   # uvicorn exits 1 when the port is taken
-        if exc.code:
-            print(f"faceage: error: could not listen on {settings.host}:{settings.port} (in use?)", file=sys.stderr)
-            return 2
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    with sock:
+        server.run(sockets=[sock])
     return 0

@@ -22,6 +22,9 @@ class ServeSettings:
     max_files: int = 16                 # per request -> 413 above it
     max_megapixels: float = 50.0        # per image, read from the header -> 413 above it
     queue_timeout_s: float = 30.0       # waiting for a worker longer than this -> 503
+    # Server-wide detection options, passed as keyword arguments to Predictor (det_size,
+    # det_thresh, min_face_size, max_num_faces, detector="skip"); shown by /v1/model.
+    predictor_options: dict = field(default_factory=dict)
 
     @property
     def max_file_bytes(self) -> int:

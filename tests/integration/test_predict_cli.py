@@ -1,0 +1,118 @@
+"""`faceage predict` output as pipelines and people read it: JSON Lines streamed per photo, one
+face-number convention in every format, annotated copies that mirror the input folders and
+keep the photo's format, videos and HEIC in a folder; `faceage evaluate` on the shipped model."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import real_data_dir
+
+pytestmark = pytest.mark.integration
+
+
+def faceage(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def album(tmp_path_factory):
+    """Two folders each holding a pic.jpg (2 and 1 faces), a PNG with no face, a broken file,
+    a HEIC phone photo and a short video."""
+    root = tmp_path_factory.mktemp("album")
+    chips = [Image.open(p).convert("RGB") for p in sorted(real_data_dir().glob("3[0-9]_*"))[:3]]
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    two = Image.new("RGB", (700, 330), (120, 125, 118))
+    two.paste(chips[0], (420, 60))
+    two.paste(chips[1], (60, 60))
+    two.save(root / "a" / "pic.jpg", quality=95)
+    one = Image.new("RGB", (400, 330), (90, 100, 110))
+    one.paste(chips[2], (100, 60))
+    one.save(root / "b" / "pic.jpg", quality=95)
+    Image.new("RGB", (300, 200), (200, 200, 200)).save(root / "b" / "wall.png")
+    (root / "b" / "broken.jpg").write_bytes((root / "a" / "pic.jpg").read_bytes()[:1500])
+    try:
+        import pillow_heif
+        pillow_heif.register_heif_opener()
+        one.save(root / "b" / "phone.heic")
+    except ImportError:
+        pass
+    import cv2
+    writer = cv2.VideoWriter(str(root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, two.size)
+    for _ in range(11):                    # 2.2 s
+        writer.write(np.ascontiguousarray(np.asarray(two)[:, :, ::-1]))
+    writer.release()
+    return root
+
+
+def test_jsonl_one_line_per_photo_and_per_video_frame(album):
+    r = faceage("predict", album, "--jsonl", "--every", "1s")
+    assert r.returncode == 1 and "Traceback" not in r.stderr      # one broken file: exit 1, the rest done
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    by = {(row["path"].replace(str(album) + "/", ""), row.get("time")): row for row in rows}
+    assert len(by["a/pic.jpg", None]["faces"]) == 2 and len(by["b/pic.jpg", None]["faces"]) == 1
+    assert len(by["b/phone.heic", None]["faces"]) == 1
+    assert by["b/wall.png", None]["note"] == "no face found"
+    assert by["b/broken.jpg", None]["error"] == "corrupt or truncated image"
+    assert [t for p, t in by if p == "clip.mp4"] == [0.0, 1.0, 2.0]
+    assert all(len(by["clip.mp4", t]["faces"]) == 2 for t in (0.0, 1.0, 2.0))
+
+
+def test_one_face_numbering_in_table_csv_and_json(album):
+    pic = album / "a" / "pic.jpg"
+    text = faceage("predict", pic).stdout
+    assert "face 1:" in text and "face 2:" in text and "face 0" not in text
+    rows = list(csv.DictReader(io.StringIO(faceage("predict", pic, album / "b" / "wall.png", "--csv").stdout)))
+    faces = [r for r in rows if r["face"]]
+    assert [r["face"] for r in faces] == ["1", "2"]
+    assert float(faces[0]["x1"]) < float(faces[1]["x1"])                    # reading order: left to right
+    assert [r["note"] for r in rows if not r["face"]] == ["no face found"]
+    js = json.loads(faceage("predict", pic, "--json").stdout)[0]["faces"]
+    assert [f["number"] for f in js] == [1, 2] and [f["age"] for f in js] == [float(r["age"]) for r in faces]
+
+
+def test_annotate_mirrors_folders_and_keeps_the_format(album, tmp_path):
+    out = tmp_path / "annotated"
+    r = faceage("predict", album, "--annotate", out, "--no-progress", "--every", "2s")
+    assert r.returncode == 1 and "photos" not in r.stderr                  # --no-progress: no bar
+    a, b = out / "a" / "pic.annotated.jpg", out / "b" / "pic.annotated.jpg"
+    assert a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes()   # no overwrite
+    assert Image.open(a).format == "JPEG" and (out / "b" / "wall.annotated.png").is_file()
+    assert Image.open(a).size == Image.open(album / "a" / "pic.jpg").size
+    assert len(list(out.glob("clip_*.annotated.png"))) == 2            # video frames at 0 s and 2 s
+
+
+def test_bad_options_are_clear_errors(album):
+    for args, words in [(["--every", "soon"], "not a time interval"), (["--det-thresh", "1.5"], "det_thresh"),
+                        (["--det-size", "8"], "det_size")]:
+        r = faceage("predict", album / "a" / "pic.jpg", *args)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_detect_takes_each_crop_whole(tmp_path):
+    chips = sorted(real_data_dir().glob("*.chip.jpg"))[::900][:20]
+    for p in chips:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    rows = [json.loads(line) for line in faceage("predict", tmp_path, "--jsonl", "--no-detect").stdout.splitlines()]
+    assert len(rows) == 20 and all(len(r["faces"]) == 1 for r in rows)
+
+
+def test_evaluate_defaults_to_the_shipped_model_and_warns_about_its_training_images(tmp_path):
+    from faceage.data.split import load_split
+    split = load_split("bench/utkface_split.csv")
+    names = [k for k, v in sorted(split.items()) if v == "train"][:6] + [k for k, v in sorted(split.items()) if v == "test"][:4]
+    for name in names:
+        (tmp_path / name).write_bytes((real_data_dir() / name).read_bytes())
+    r = faceage("evaluate", "--data", tmp_path, "--split", "all")
+    assert r.returncode == 0, r.stderr
+    assert "default.onnx" in r.stderr and "6 of the 10 images" in r.stderr
+    held_out = faceage("evaluate", "--data", tmp_path)                  # default --split test: the 4 held out
+    assert "on 4 images" in held_out.stdout and "WARNING" not in held_out.stdout
