@@ -106,6 +106,7 @@ def test_no_detect_takes_each_crop_whole(tmp_path):
 
 
 def test_evaluate_defaults_to_the_shipped_model_and_warns_about_its_training_images(tmp_path):
+    """The shipped model was trained on every development image; its sidecar says which."""
     from faceage.data.split import load_split
     split = load_split("bench/utkface_split.csv")
     names = [k for k, v in sorted(split.items()) if v == "train"][:6] + [k for k, v in sorted(split.items()) if v == "test"][:4]
@@ -113,6 +114,29 @@ def test_evaluate_defaults_to_the_shipped_model_and_warns_about_its_training_ima
         (tmp_path / name).write_bytes((real_data_dir() / name).read_bytes())
     r = faceage("evaluate", "--data", tmp_path, "--split", "all")
     assert r.returncode == 0, r.stderr
-    assert "default.onnx" in r.stderr and "6 of the 10 images" in r.stderr
-    held_out = faceage("evaluate", "--data", tmp_path)                  # default --split test: the 4 held out
-    assert "on 4 images" in held_out.stdout and "WARNING" not in held_out.stdout
+    assert "default.onnx" in r.stderr and "10 of the 10 images" in r.stderr and "WARNING" in r.stdout
+    # Its own split has no test part: a clear error, not an empty report.
+    empty = faceage("evaluate", "--data", tmp_path)
+    assert empty.returncode == 2 and "test split" in empty.stderr and "is empty" in empty.stderr
+    # Another split file chooses the images; the warning still follows the model's own split.
+    other = faceage("evaluate", "--data", tmp_path, "--split-file", "bench/utkface_split.csv")
+    assert "on 4 images" in other.stdout and "4 of the 4 images" in other.stderr
+
+
+def test_a_model_that_kept_a_test_split_is_scored_on_it_without_warning(tmp_path):
+    """A model whose split held images out: `evaluate` scores those and warns about nothing."""
+    import json
+    from faceage.data.split import encode_split, load_split
+    from faceage.inference.predictor import DEFAULT_MODEL
+    split = load_split("bench/utkface_split.csv")
+    model = tmp_path / "model.onnx"
+    model.symlink_to(DEFAULT_MODEL)
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    meta["split"] = encode_split(split)
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in [k for k, v in sorted(split.items()) if v == "test"][:3] + [k for k, v in sorted(split.items()) if v == "train"][:2]:
+        (data / name).write_bytes((real_data_dir() / name).read_bytes())
+    r = faceage("evaluate", "--model", model, "--data", data)
+    assert r.returncode == 0 and "on 3 images" in r.stdout and "warning" not in r.stderr.lower()

@@ -46,6 +46,9 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
     parts, _ = apply_split(named, assignment)
     source = split_file or (loaded.path.parent / "split.csv" if (loaded.path.parent / "split.csv").is_file()
                             else f"{loaded.path.name}'s sidecar")
+    if not parts[split]:
+        raise DataError(f"the {split} split of {source} is empty: the model was trained on every image of {data} it "
+                        f"names. Score another dataset, give --split-file, or use --split all (optimistic)")
     return parts[split], report, f"{split} split of {source}"
 
 
@@ -72,7 +75,7 @@ def evaluate(model: str, data: str, split: str | None = "test", json_path: str |
     samples = cache.build(samples, report)
     if not samples:
         raise DataError(f"no usable image to evaluate in {data} ({scope})")
-    assignment = model_split(loaded, split_file)
+    assignment = model_split(loaded)          # the model's own split, whichever split file chose the images
     seen = trained_on(assignment, samples) if assignment else 0
     if seen and not quiet:
         print(f"warning: {seen} of the {len(samples)} images scored were used to train or select this model: "
