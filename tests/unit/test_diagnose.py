@@ -142,7 +142,7 @@ def test_keras_log_values():
 def test_csv_logger_counts_from_zero(tmp_path):
     (tmp_path / "log.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.3,1.9,0.35,1.8\n1,0.4,1.6,0.4,1.7\n")
     rows, kind = load_history(tmp_path / "log.csv")
-    assert kind == "CSV history" and [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_loss"] == 1.7
+    assert kind == "Keras CSVLogger" and [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_loss"] == 1.7
 
 
 def test_cli_diagnose_json_plot_and_errors(tmp_path):

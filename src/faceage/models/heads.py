@@ -55,7 +55,9 @@ class TaskHead(nn.Module):
                                            batch_norm=batch_norm, activation=activation, bias=bias)
         self.out = nn.Linear(hidden[-1] if hidden else in_features, out_features)
         self.l2 = l2
-        self._l2_layers = linears + [self.out]
+        # As the reference listings: L2 on the hidden Dense layers, not the output layer. A head
+        # without hidden layers regularizes its output layer, so model.l2 is never a no-op.
+        self._l2_layers = linears or [self.out]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(features))

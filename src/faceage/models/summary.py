@@ -1,4 +1,11 @@
-"""A Keras-style ``summary()``: layer, output shape, parameters, trainable."""
+"""A Keras-style ``summary()``: layer, output shape, parameters, trainable.
+
+Parameters are counted as Keras counts them, so the table and its totals equal Keras'
+``model.summary()`` and ``count_params()`` for the reference models
+(tests/integration/test_keras_equivalence.py): BatchNorm's moving mean and variance, which
+PyTorch keeps as buffers, are Keras' non-trainable weights and are counted here as such.
+Output shapes are PyTorch's ``(None, C, H, W)``.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,6 +13,13 @@ import torch.nn as nn
 
 from .network import FaceNet
 from .registry import count_parameters
+
+
+def batchnorm_statistics(m: nn.Module) -> int:
+    """BatchNorm moving means and variances inside ``m``: buffers in PyTorch, non-trainable
+    weights in Keras."""
+    return sum(b.running_mean.numel() + b.running_var.numel() for b in m.modules()
+               if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.running_mean is not None)
 
 
 def layer_table(net: FaceNet, max_depth: int = 4) -> list[tuple[str, str, str, int, bool]]:
@@ -25,6 +39,7 @@ def layer_table(net: FaceNet, max_depth: int = 4) -> list[tuple[str, str, str, i
         if name and listed(name, m) and not any(name.startswith(p + ".") for p in rows):
             params = sum(p.numel() for p in m.parameters())
             trainable = params > 0 and all(p.requires_grad for p in m.parameters())
+            params += batchnorm_statistics(m)
             rows[name] = [name, type(m).__name__, "-", params, trainable]
 
             def hook(mod, inp, out, name=name):
@@ -49,9 +64,14 @@ def format_summary(net: FaceNet, max_depth: int = 4) -> str:
              f"{'Layer (type)':<{w}}  {'Output Shape':<22} {'Param #':>12}  Trainable", "=" * (w + 48)]
     for name, typ, shape, params, trainable in rows:
         lines.append(f"{name + ' (' + typ + ')':<{w}}  {shape:<22} {params:>12,}  {'yes' if trainable else 'no' if params else '-'}")
-    total, trainable = count_parameters(net)
+    torch_total, trainable = count_parameters(net)
+    stats = batchnorm_statistics(net)
+    total = torch_total + stats
     lines += ["=" * (w + 48), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
               f"Non-trainable params: {total - trainable:,}"]
+    if stats:
+        lines.append(f"(counted as Keras does: {stats:,} of them are BatchNorm moving means and variances, which "
+                     f"PyTorch keeps as buffers; PyTorch's parameter count is {torch_total:,})")
     if net.blocks:
         names = {id(m): n for n, m in net.named_modules()}
         lines.append("Freezable blocks (model.freeze=blocks:N freezes the first N): "
