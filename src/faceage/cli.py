@@ -78,11 +78,11 @@ def _cmd_train(args) -> int:
     from .training.fit import train
 
     if args.resume:
-        if args.config or args.overrides:
-            print("faceage: error: --resume continues a run with its saved config; drop --config and overrides",
-                  file=sys.stderr)
+        if args.config or args.split:
+            print("faceage: error: --resume continues a run with its saved config and split; drop --config/--split "
+                  "(only train.epochs=N may be given, to train a finished run longer)", file=sys.stderr)
             return 2
-        summary = train(None, args.resume, data=args.data, resume=True)
+        summary = train(None, args.resume, data=args.data, resume=True, overrides=args.overrides)
         out = args.resume
     else:
         if not args.config and not args.overrides:
@@ -98,19 +98,19 @@ def _cmd_train(args) -> int:
     print(f"done: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}"
           + (f" ({summary['monitor']} {best.get(summary['monitor'], float('nan')):.4f})" if best else "")
           + f", {summary['train_seconds']:.0f}s; run directory {out}")
-    from .evaluation.diagnose import diagnose
-    from .evaluation.histories import load_history
-    rows, _ = load_history(out)
-    print(diagnose(rows).format())
+    from .evaluation.diagnose import diagnose_history
+    from .evaluation.histories import read_history
+    print(diagnose_history(read_history(out)).format())
     return 0
 
 
 def _cmd_diagnose(args) -> int:
-    from .evaluation.diagnose import diagnose, plot_diagnosis
-    from .evaluation.histories import load_history
+    from .evaluation.diagnose import diagnose_history, plot_diagnosis
+    from .evaluation.histories import read_history
 
-    rows, kind = load_history(args.source)
-    d = diagnose(rows)
+    h = read_history(args.source)
+    rows, kind = h.rows, h.kind
+    d = diagnose_history(h)
     if args.plot:
         plot_diagnosis(rows, d, args.plot)
     if args.json:
@@ -161,6 +161,9 @@ def detection_options(args) -> dict:
 
 
 def _cmd_predict(args) -> int:
+    if args.engine != "local" or args.out or args.address:   # Ray Data into a Parquet table
+        from .distributed.ray_predict import run_cli
+        return run_cli(args)
     from tqdm import tqdm
 
     from .data.readers import IMAGE_SUFFIXES
@@ -173,6 +176,8 @@ def _cmd_predict(args) -> int:
         every = parse_interval(args.every)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be at least 1 face per model batch; got {args.batch}")
     files = collect_inputs(args.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not files:
         print("faceage: error: no image or video files found in the given paths", file=sys.stderr)
@@ -227,10 +232,14 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from .serve.settings import ServeSettings
+    from .serve.settings import ServeSettings, cpu_cores
+    if args.workers is not None and not 1 <= args.workers <= 4 * cpu_cores():
+        raise ConfigError(f"--workers must be from 1 to {4 * cpu_cores()} (4 per CPU core on this machine); got {args.workers}")
     workers = {"workers": args.workers} if args.workers is not None else {}
     settings = ServeSettings(model=args.model, host=args.host, port=args.port, max_file_mb=args.max_file_mb,
                              max_files=args.max_files, max_megapixels=args.max_megapixels,
+                             max_request_megapixels=args.max_request_megapixels, upload_timeout_s=args.upload_timeout,
+                             max_pending_mb=args.max_pending_mb,
                              queue_timeout_s=args.timeout, predictor_options=detection_options(args), **workers)
     from .serve.server import serve
     return serve(settings)
@@ -287,12 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="dataset (default: data.path, else $FACEAGE_DATA, else ../shared/datasets/utkface/UTKFace)")
     tr.add_argument("--out", help="run directory (default runs/MODEL)")
     tr.add_argument("--split", metavar="FILE", help="reuse a split.csv (or a run directory's) so runs are comparable")
-    tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped (a finished "
+                    "one is left as is; add train.epochs=N to train it longer)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 
     dg = sub.add_parser("diagnose", help="is it overfitting, since when, and what to try")
-    dg.add_argument("source", help="a faceage run directory, a Keras fit log (text) or a history CSV")
+    dg.add_argument("source", help="a faceage run directory, or a Keras, Lightning, fastai or PyTorch log: fit/print "
+                    "output (text), CSV, Keras history JSON, a lightning_logs folder or TensorBoard event files")
     dg.add_argument("--json", action="store_true", help="print verdict, qualifiers, epochs, evidence and remedies as JSON")
     dg.add_argument("--plot", metavar="FILE", help="write the curves with the onset and best epoch marked (PNG)")
     dg.set_defaults(func=_cmd_diagnose)
@@ -328,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=int, default=32, help="faces per model batch (default 32)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_detection_arguments(pr)
+    from .distributed.ray_predict import add_arguments as add_ray_arguments
+    add_ray_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="export a trained model (ONNX + sidecar JSON), verified against torch")
@@ -349,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted upload per file (default 10)")
     sv.add_argument("--max-files", type=int, default=16, help="most files per request (default 16)")
     sv.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image (default 50)")
+    sv.add_argument("--max-request-megapixels", type=float, default=200.0,
+                    help="all images of one request together (default 200)")
+    sv.add_argument("--upload-timeout", type=float, default=60.0,
+                    help="seconds a request body may take to arrive before a 408 (default 60)")
+    sv.add_argument("--max-pending-mb", type=float, default=160.0,
+                    help="uploaded bytes all requests together may hold; beyond it 503 (default 160)")
     sv.add_argument("--timeout", type=float, default=30.0,
                     help="seconds a request may wait for a worker before a 503 (default 30)")
     add_detection_arguments(sv)

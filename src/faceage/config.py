@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -171,7 +172,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        if tp is int and float(value) != int(value):
+        if tp is int and (not math.isfinite(value) or float(value) != int(value)):
             raise ConfigError(f"config key '{key}' must be a whole number, got {value!r}")
         return tp(value)
     if tp is str:
@@ -249,27 +250,250 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+# Task names (as in models.heads.TASKS) and the metric each logs, Keras-style (``mae``,
+# ``val_mae``), so that train.monitor can be checked before any training.
+TASKS = ("age_reg", "age_bins", "age_dist", "gender", "race", "label")
+METRIC_NAMES = {"age_reg": "mae", "age_dist": "mae", "age_bins": "bin_acc", "gender": "gender_acc",
+                "race": "race_acc", "label": "acc"}
+
 CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("constant", "cosine", "plateau", "onecycle"),
     "train.monitor_mode": ("min", "max"),
     "train.early_stopping.mode": ("min", "max"),
+    "model.batch_norm": (None, "none", "before", "after"),
+    "model.head_batch_norm": (None, "none", "before", "after"),
+    "model.activation": (None, "relu", "none"),
+    "model.dropout_after": (None, "each", "last"),
+    "model.tta": (None, "none", "flip"),
+    "model.channels": (None, 1, 3),
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    # Lightning's precision names; "transformer-engine" needs a package faceage does not install.
+    "train.precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64"),
 }
+
+# (key, test, what is allowed) for numbers; every float must also be finite (NaN passes every
+# comparison, so "lr < 0" alone would let it through).
+def _positive(v): return v > 0
+def _non_negative(v): return v >= 0
+def _at_least(n): return lambda v: v >= n
+def _fraction(v): return 0 <= v <= 1
+def _rate(v): return 0 <= v < 1
+
+
+RANGES = [
+    ("model.input_size", lambda v: v is None or 16 <= v <= 2048, "a whole number of pixels from 16 to 2048 (or unset)"),
+    ("model.unfreeze_epoch", lambda v: v is None or v >= 1, "an epoch number, at least 1 (or unset)"),
+    ("model.conv_dropout", lambda v: v is None or _rate(v), "a rate in [0, 1) (or unset)"),
+    ("model.dense_dropout", lambda v: v is None or _rate(v), "a rate in [0, 1) (or unset)"),
+    ("model.l2", lambda v: v is None or v >= 0, "a non-negative number (or unset)"),
+    ("model.num_classes", lambda v: v is None or v >= 2, "at least 2 (or unset: counted from the data)"),
+    ("model.dist_sigma", _positive, "a positive number of years (e.g. 2)"),
+    ("data.limit", lambda v: v is None or v >= 1, "at least 1 image (or unset: every image)"),
+    ("data.batch_size", _at_least(1), "at least 1"),
+    ("data.num_workers", _non_negative, "0 (load in the training process) or more worker processes"),
+    ("data.age_balance", _non_negative, "a non-negative power (0 off, 1 every age band equally often)"),
+    ("augment.flip", _fraction, "a probability in [0, 1]"),
+    ("augment.rotation", lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
+    ("augment.zoom", _rate, "a fraction in [0, 1)"),
+    ("augment.shift", _fraction, "a fraction of the image size in [0, 1]"),
+    ("augment.brightness", _fraction, "a relative change in [0, 1]"),
+    ("augment.contrast", _fraction, "a relative change in [0, 1]"),
+    ("augment.blur", _fraction, "a probability in [0, 1]"),
+    ("augment.downscale", _fraction, "a probability in [0, 1]"),
+    ("optim.lr", _positive, "a positive number, e.g. 0.001"),
+    ("optim.weight_decay", _non_negative, "a non-negative number"),
+    ("optim.momentum", _rate, "in [0, 1)"),
+    ("optim.backbone_lr_scale", _non_negative, "a non-negative factor (0 freezes the backbone's learning)"),
+    ("schedule.warmup_epochs", _non_negative, "0 or more epochs"),
+    ("schedule.factor", lambda v: 0 < v < 1, "a factor in (0, 1)"),
+    ("schedule.patience", _non_negative, "0 or more epochs"),
+    ("train.epochs", _at_least(1), "at least 1"),
+    ("train.seed", lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 4294967295"),
+    ("train.num_nodes", _at_least(1), "at least 1"),
+    ("train.early_stopping.patience", _non_negative, "0 or more epochs"),
+    ("train.early_stopping.min_delta", _non_negative, "a non-negative number"),
+]
+
+
+def _get(cfg, key: str):
+    obj = cfg
+    for p in key.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def _bad(key: str, allowed: str, value) -> ConfigError:
+    return ConfigError(f"config key '{key}' must be {allowed}; got {value!r}")
+
+
+def _finite_floats(obj, prefix: str = ""):
+    """(key, value) of every float anywhere in the config, lists and mappings included."""
+    for f in fields(obj):
+        key, v = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from _finite_floats(v, key + ".")
+        elif isinstance(v, float):
+            yield key, v
+        elif isinstance(v, list):
+            yield from ((key, x) for x in v if isinstance(x, float))
+        elif isinstance(v, dict):
+            yield from ((f"{key}.{k}", x) for k, x in v.items() if isinstance(x, float))
+
+
+def metric_names(tasks) -> list[str]:
+    """What training logs for these tasks (each also with a ``val_`` prefix)."""
+    names = ["loss"] + ([f"{t}_loss" for t in tasks] if len(tasks) > 1 else [])
+    names += sorted({METRIC_NAMES[t] for t in tasks if t in METRIC_NAMES})
+    return names + ["val_" + n for n in names]
+
+
+ALL_METRICS = set(metric_names(TASKS))
 
 
 def validate(cfg: Config) -> None:
+    """Everything that can be checked without the model registry, the data or the hardware.
+    One :class:`ConfigError` per problem, naming the key and what it allows."""
+    for key, v in _finite_floats(cfg):
+        if not math.isfinite(v):
+            raise ConfigError(f"config key '{key}' must be a finite number; got {v!r}")
     for key, allowed in CHOICES.items():
-        obj = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            obj = getattr(obj, p)
-        if getattr(obj, last) not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {getattr(obj, last)!r}")
+        if _get(cfg, key) not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise ConfigError(f"config key '{key}' must be one of {shown}; got {_get(cfg, key)!r}")
+    for key, ok, allowed in RANGES:
+        v = _get(cfg, key)
+        if not ok(v):
+            raise _bad(key, allowed, v)
     s = cfg.data.split
     if len(s) != 3 or any(x < 0 for x in s) or abs(sum(s) - 1.0) > 1e-6:
         raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {s}")
-    if cfg.data.batch_size < 1 or cfg.train.epochs < 1:
-        raise ConfigError("data.batch_size and train.epochs must be at least 1")
+    if s[0] <= 0 or s[1] <= 0:
+        raise ConfigError(f"data.split must give the training and validation parts a positive fraction, got {s}")
     bins = cfg.model.age_bins
-    if len(bins) < 2 or any(hi <= lo for lo, hi in zip(bins, bins[1:])):
-        raise ConfigError(f"model.age_bins must be increasing lower edges, got {bins}")
+    if len(bins) < 2 or any(hi <= lo for lo, hi in zip(bins, bins[1:])) or bins[0] < 0:
+        raise ConfigError(f"model.age_bins must be increasing non-negative lower edges, got {bins}")
+    if cfg.model.head_hidden is not None and any(w < 1 for w in cfg.model.head_hidden):
+        raise _bad("model.head_hidden", "a list of layer widths, each at least 1 (e.g. [256, 128]; [] for none)",
+                   cfg.model.head_hidden)
+    tasks = cfg.model.tasks
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise _bad("model.tasks", f"a mapping of tasks ({', '.join(TASKS)}) to loss weights, e.g. "
+                       "{age_dist: 1, gender: 1}", tasks)
+        if any(w < 0 for w in tasks.values()) or not any(w > 0 for w in tasks.values()):
+            raise _bad("model.tasks", "non-negative loss weights, at least one positive", tasks)
+    freeze = cfg.model.freeze
+    if freeze is not None and not (freeze in ("none", "backbone") or (freeze.startswith("blocks:") and freeze[7:].isdigit())):
+        raise _bad("model.freeze", "none, backbone or blocks:N", freeze)
+    _check_devices(cfg.train.devices)
+    for key in _monitor_keys(cfg):
+        allowed = metric_names(tasks) if tasks else ALL_METRICS
+        if _get(cfg, key) not in allowed:
+            shown = (", ".join(allowed) if tasks else
+                     "loss, a task's loss (e.g. gender_loss) or metric (" + ", ".join(sorted(set(METRIC_NAMES.values())))
+                     + "), each also with val_ for the validation set")
+            raise _bad(key, f"a logged metric: {shown}", _get(cfg, key))
+
+
+def _monitor_keys(cfg: Config) -> list[str]:
+    return ["train.monitor"] + (["train.early_stopping.monitor"] if cfg.train.early_stopping.enabled else [])
+
+
+def _check_devices(devices) -> None:
+    ok = devices == "auto" or devices == -1
+    if isinstance(devices, bool):
+        ok = False
+    elif isinstance(devices, int):
+        ok = ok or devices >= 1
+    elif isinstance(devices, list):
+        ok = bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    elif isinstance(devices, str):
+        text = devices.strip()
+        ok = ok or text == "-1" or (text.isdigit() and int(text) >= 1) or (
+            "," in text and all(p.strip().isdigit() for p in text.split(",") if p.strip()))
+    if not ok:
+        raise _bad("train.devices", "auto, a number of devices (at least 1; -1 for all) or a list of device indices",
+                   devices)
+
+
+def _device_count(devices) -> int | None:
+    """How many devices ``train.devices`` asks for; None for "all there are"."""
+    if devices in ("auto", -1, "-1"):
+        return None
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, list):
+        return max(devices) + 1
+    text = str(devices).strip()
+    if "," in text:
+        return max(int(p) for p in text.split(",") if p.strip()) + 1
+    return int(text)
+
+
+def validate_model(cfg: Config):
+    """Checks that need the model registry (it imports torch): the model name, its resolved
+    options, and the monitored metrics against the tasks the model will really have. Returns
+    the resolved :class:`~faceage.models.spec.ModelSpec`."""
+    from .models.registry import resolve
+    spec = resolve(cfg.model.name, **{k: v for k, v in vars(cfg.model).items() if k != "name"})
+    names = metric_names(spec.tasks)
+    for key in _monitor_keys(cfg):
+        if _get(cfg, key) not in names:
+            raise _bad(key, f"a metric model {spec.name} logs with tasks {', '.join(spec.tasks)} ({', '.join(names)})",
+                       _get(cfg, key))
+    return spec
+
+
+def validate_environment(cfg: Config) -> None:
+    """Checks against this machine: the decode cache folder can be written, and the accelerator
+    and device count asked for exist."""
+    import os
+
+    cache = cfg.data.cache_dir
+    key = "data.cache_dir"
+    if cache is None:
+        key = "FACEAGE_CACHE" if os.environ.get("FACEAGE_CACHE") else "the default cache folder"
+        from .data.cache import default_cache_dir
+        cache = str(default_cache_dir())
+    path = Path(cache).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        where = f"config key '{key}'" if key == "data.cache_dir" else key
+        raise ConfigError(f"{where} ({cache}) cannot hold the decode cache: {exc.strerror or exc}; "
+                  "give data.cache_dir a writable folder") from None
+    t = cfg.train
+    import torch
+    acc = t.accelerator
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'train.accelerator' is {acc!r} but this machine has no usable CUDA GPU; "
+                  "use auto or cpu")
+    if acc == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("config key 'train.accelerator' is 'mps' but this machine has no Apple GPU; use auto or cpu")
+    if acc == "tpu":
+        raise ConfigError("config key 'train.accelerator' is 'tpu', which faceage does not support here; use auto, cpu or gpu")
+    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    want = _device_count(t.devices)
+    if want is not None and want > have:
+        kind = "GPU(s)" if on_gpu else "CPU core(s) (one process each)"
+        raise ConfigError(f"config key 'train.devices' asks for {t.devices!r} but this machine has {have} {kind}")
+    if t.strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+        if t.strategy not in StrategyRegistry.available_strategies():
+            raise _bad("train.strategy", "auto or one of " + ", ".join(StrategyRegistry.available_strategies()), t.strategy)
+
+
+def apply_resume_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``faceage train --resume RUN train.epochs=N``: a saved run may only be extended."""
+    for text in overrides:
+        change = parse_override(text)
+        if set(change) != {"train"} or set(change["train"]) != {"epochs"}:
+            raise ConfigError(f"with --resume only train.epochs=N (to train a finished run longer) may be given; got '{text}'")
+        _apply(cfg, change)
+    validate(cfg)
+    return cfg

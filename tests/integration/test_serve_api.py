@@ -103,7 +103,8 @@ def test_pixel_bomb_is_413_before_decoding(shared_predictor):
     # 400 MP is refused by Pillow's own bomb guard. Both are 413 with the reason.
     with make_client(shared_predictor) as c:
         r = post(c, ("bomb.png", png_bytes(Image.new("1", (10000, 8000))), "image/png"))
-        assert r.status_code == 413 and "80.0 MP, the limit is 50 MP" in r.json()["error"]
+        assert r.status_code == 413
+        assert "10000x8000 = 80,000,000 pixels (80.000 MP); the limit is 50,000,000 (50 MP)" in r.json()["error"]
         r = post(c, ("huge.png", png_bytes(Image.new("1", (20000, 20000))), "image/png"))
         assert r.status_code == 413 and "decompression bomb" in r.json()["error"]
     with make_client(shared_predictor, max_megapixels=0.1) as c:        # the limit is configurable
@@ -147,6 +148,7 @@ def test_model_health_and_docs(client):
     assert m["input"]["size"] == shipped["preprocess"]["size"] and m["metrics"]["mae"] == shipped["metrics"]["mae"]
     assert m["metrics"]["n"] == 2811 and m["metrics"]["mae"] < 5.5
     assert m["limits"]["max_file_mb"] == 10
+    assert m["limits"]["max_request_megapixels"] == 200 and m["limits"]["upload_timeout_s"] == 60
     assert isinstance(m["detection"], dict)            # the server-wide detection options
     spec = client.get("/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]

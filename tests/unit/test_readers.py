@@ -20,7 +20,8 @@ def _bad_folder(tmp_path):
     folder = tmp_path / "utk"
     folder.mkdir()
     good = [write_utk(folder, 20 + i, i % 2, i % 5, seed=i) for i in range(6)]
-    shutil.copy(good[0], folder / "21_0_0_20170111000000001.jpg.chip.jpg")             # duplicate bytes
+    shutil.copy(good[0], folder / "20_0_0_20170111000000099.jpg.chip.jpg")             # duplicate bytes
+    shutil.copy(good[0], folder / "21_0_0_20170111000000001.jpg.chip.jpg")             # ... labelled otherwise
     (folder / "39_1_20170116174525125.jpg.chip.jpg").write_bytes(good[1].read_bytes())   # missing field
     (folder / "24_0_1_20170116220224657 .jpg.chip.jpg").write_bytes(b"x")                # stray space
     (folder / "150_0_0_20170111000000002.jpg.chip.jpg").write_bytes(good[2].read_bytes() + b"\0")  # age > 120
@@ -36,13 +37,14 @@ def test_utkface_folder_skips_every_bad_reason(tmp_path):
     manifest, report = read_dataset(_bad_folder(tmp_path))
     verify_images(manifest, report)
     reasons = {r: len(v) for r, v in report.by_reason.items()}
-    assert reasons == {"duplicate file": 1, "malformed name": 2, "age outside 0-120": 1, "empty file": 1,
-                       "not an image": 2, "corrupt or truncated image": 1}
+    assert reasons == {"duplicate file": 1, "duplicate file with different labels": 1, "malformed name": 2,
+                       "age outside 0-120": 1, "empty file": 1, "not an image": 2, "corrupt or truncated image": 1}
     assert len(manifest.samples) == 6
     s = min(manifest.samples, key=lambda s: s.age)
     assert (s.age, s.gender, s.race) == (20.0, 0, 0)
     summary = report.summary()
     assert "duplicate file: 1" in summary and "malformed name: 2" in summary
+    assert "duplicate file with different labels: 1" in summary and "age 21" in summary
 
 
 def test_cache_build_reports_undecodable_images(tmp_path):

@@ -13,7 +13,10 @@ from faceage.serve.settings import ServeSettings
 
 
 @pytest.mark.parametrize("bad", [{"workers": 0}, {"max_files": 0}, {"max_file_mb": 0}, {"max_megapixels": -1},
-                                 {"queue_timeout_s": 0}, {"port": 70000}])
+                                 {"queue_timeout_s": 0}, {"port": 70000}, {"upload_timeout_s": 0},
+                                 {"max_pending_mb": 0}, {"max_request_megapixels": 0},
+                                 {"max_megapixels": 300},          # over the per-request total
+                                 {"max_pending_mb": 5}])           # under one file's limit
 def test_bad_settings_are_refused_with_the_option_named(bad):
     with pytest.raises(ConfigError):
         check(ServeSettings(**bad))
@@ -24,6 +27,8 @@ def test_defaults_are_safe():
     check(s)
     assert s.host == "127.0.0.1" and is_loopback(s.host)
     assert s.max_file_bytes == 10 * 2**20 and s.max_pixels == 50_000_000
+    assert s.max_request_pixels == 200_000_000 and s.upload_timeout_s == 60
+    assert s.max_pending_bytes >= s.max_files * s.max_file_bytes        # one largest request fits
     assert s.workers >= 1 and s.threads_per_worker * s.workers <= max(s.workers, (__import__("os").cpu_count() or 1))
 
 
@@ -39,4 +44,5 @@ def test_pixel_limit_is_checked_from_the_header():
     assert open_image(buf.getvalue(), max_pixels=600_000).size == (1000, 600)
     with pytest.raises(ImageDecodeError) as err:
         open_image(buf.getvalue(), max_pixels=599_999)
-    assert err.value.reason == "image too large" and "0.6 MP" in err.value.detail
+    assert err.value.reason == "image too large"
+    assert err.value.detail == "1000x600 = 600,000 pixels (0.600 MP); the limit is 599,999 (0.599999 MP)"

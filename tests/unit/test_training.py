@@ -73,3 +73,55 @@ def test_backbone_learns_at_a_scaled_rate(tmp_path, synthetic_utk):
     assert len(backbone["params"]) == len(list(module.net.backbone.parameters()))
     s = _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "optim.backbone_lr_scale=0.1", "train.epochs=1"])
     assert s["epochs_run"] == 1
+
+
+# -- resume (issue 11): in-process, on synthetic data -----------------------------------------
+
+def _rows(run):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((run / "history.json").read_text())]
+
+
+def test_extending_equals_an_unbroken_run_with_plateau_and_early_stopping(tmp_path, synthetic_utk):
+    """2 epochs, then `--resume train.epochs=3`: the same history as 3 epochs unbroken (plateau
+    and early stopping do not depend on the planned length). The plateau scheduler's state,
+    stepped after the epoch's checkpoint in Lightning, and the random generators (flip
+    augmentation, dropout) must travel in last.ckpt for this to hold."""
+    common = ["model.name=keras-baseline-28", "model.dense_dropout=0.3", "model.head_hidden=[16]",
+              "schedule.name=plateau", "schedule.patience=0", "train.monitor=val_bin_acc", "train.monitor_mode=max",
+              "train.early_stopping.enabled=true", "train.early_stopping.patience=5"]
+    _train(tmp_path, synthetic_utk, common + ["train.epochs=3"], name="unbroken")
+    _train(tmp_path, synthetic_utk, common + ["train.epochs=2"], name="resumed")
+    s = train(None, tmp_path / "resumed", data=str(synthetic_utk), resume=True, quiet=True, overrides=["train.epochs=3"])
+    assert s["epochs_run"] == 3
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "unbroken")
+    assert len({r["lr"] for r in _rows(tmp_path / "unbroken")}) > 1        # the plateau did lower the lr
+
+
+def test_stopped_run_killed_before_its_summary_trains_no_further(tmp_path, synthetic_utk, capsys):
+    s = _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "train.epochs=10", "train.early_stopping.enabled=true",
+                                         "train.early_stopping.patience=1", "train.early_stopping.min_delta=1000"])
+    assert s["epochs_run"] == 2
+    run = tmp_path / "run"
+    (run / "run.json").unlink()                       # as if killed between the last checkpoint and run.json
+    s = train(None, run, data=str(synthetic_utk), resume=True, quiet=True)
+    assert s["epochs_run"] == 2 and s["stopped_early"] and "stopped early at epoch 2" in capsys.readouterr().err
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    s = train(None, run, data=str(synthetic_utk), resume=True, quiet=True)
+    assert s["already_finished"] and "already finished" in capsys.readouterr().err
+    assert before == {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="cannot be extended"):
+        train(None, run, data=str(synthetic_utk), resume=True, quiet=True, overrides=["train.epochs=12"])
+
+
+def test_resume_accepts_only_more_epochs(tmp_path, synthetic_utk):
+    _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "train.epochs=2"])
+    with pytest.raises(ConfigError, match="only train.epochs=N"):
+        train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["optim.lr=0.1"])
+    with pytest.raises(ConfigError, match="fewer than the 2 epochs"):
+        train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["train.epochs=1"])
+
+
+def test_onecycle_run_cannot_be_extended(tmp_path, synthetic_utk):
+    _train(tmp_path, synthetic_utk, ["model.name=keras-baseline-28", "train.epochs=1", "schedule.name=onecycle"])
+    with pytest.raises(ConfigError, match="onecycle"):
+        train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["train.epochs=2"])

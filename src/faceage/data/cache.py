@@ -5,7 +5,8 @@ Layout: ``<cache_dir>/<spec key>/<chunk>.u8`` holds an ``(N, H, W, C)`` uint8 ar
 source file's bytes, so the cache survives renames and is shared by every run and dataset
 using the same spec; changed bytes or a different spec (size, channels, crop, decoder version)
 simply miss. Chunks are written to a temporary name and renamed, so a killed build never
-leaves a corrupt chunk: the next run decodes only what is still missing.
+leaves a corrupt chunk: the next run decodes only what is still missing. The temporary
+(``.<chunk>.p<pid>.u8.tmp``) of a killed build is removed when the cache is next opened.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, owner_tag, remove_stale
 from ..preprocess import ImageDecodeError, PreprocessSpec, load_image
 from .manifest import Sample, SkipReport
 
@@ -33,6 +34,9 @@ class ImageCache:
         self.shape = (spec.size, spec.size, spec.channels)
         self._index: dict[str, tuple[str, int]] = {}
         self._arrays: dict[str, np.ndarray] = {}
+        # Debris of killed builds: tagged with a process that is gone (or, untagged from older
+        # versions, an hour old). Other live processes' builds are left alone.
+        remove_stale(self.dir.glob(".*.u8.tmp"))
         self._scan()
 
     def _scan(self) -> None:
@@ -71,7 +75,7 @@ class ImageCache:
         failed: set[str] = set()
         if todo:
             chunk = uuid.uuid4().hex[:12]
-            tmp_data = self.dir / f".{chunk}.u8.tmp"
+            tmp_data = self.dir / f".{chunk}.{owner_tag()}.u8.tmp"
             mm = np.memmap(tmp_data, dtype=np.uint8, mode="w+", shape=(len(todo), *self.shape))
             digests = []
             for i, s in enumerate(todo):

@@ -2,8 +2,10 @@
 
 Every reader yields a :class:`Manifest` of usable samples and a :class:`SkipReport`. Files are
 skipped, never fatal: malformed names, zero-byte files, ages outside 0-120, byte-identical
-duplicates and (when ``verify=True`` or while building the decode cache) images that do not
-decode. No usable image at all is a :class:`DataError`.
+duplicates (those labelled differently are reported as such) and (when ``verify=True`` or while
+building the decode cache) images that do not decode. Operating-system clutter (``__MACOSX/``,
+``._*``, ``.DS_Store``, ``Thumbs.db``, hidden files) is ignored. No usable image at all is a
+:class:`DataError`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ from ..errors import DataError
 from ..labels import MAX_AGE, MIN_AGE
 from .manifest import MISSING, Manifest, Sample, SkipReport
 
+# Archives are unpacked into the cache; these bound what one may write (a 1 MB zip can declare
+# a terabyte). Datasets of images barely compress, so a high ratio means something else.
+MAX_ARCHIVE_FILES = 1_000_000
+MAX_ARCHIVE_BYTES = 64 * 2**30
+MAX_ARCHIVE_RATIO = 100
+JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
+HASH_CHUNK = 1 << 20
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -28,7 +38,28 @@ UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg\.chip\.jpg$")
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    """blake2b-128 of the file's bytes, read 1 MB at a time (a 2 GB file costs 1 MB of memory)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_junk(name: str) -> bool:
+    """Files and folders no dataset means: macOS resource forks, Finder/Explorer metadata, hidden."""
+    return name in JUNK_NAMES or name.startswith(".")
+
+
+def _files(root: Path) -> list[Path]:
+    """Regular files under ``root``, sorted, without junk or anything inside a junk folder."""
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if any(is_junk(part) for part in rel) or not p.is_file():
+            continue
+        out.append(p)
+    return sorted(out)
 
 
 def _is_image_name(p: Path) -> bool:
@@ -43,28 +74,41 @@ def _age_ok(age: float, path: Path, report: SkipReport) -> bool:
     return True
 
 
+def _describe(labels: dict) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in labels.items()
+                     if v is not None and v != MISSING) or "no labels"
+
+
 class _Deduper:
-    """Drops zero-byte files and byte-identical duplicates (the first path in sort order wins)."""
+    """Drops zero-byte files and byte-identical duplicates (the first path in sort order wins).
+    A duplicate labelled differently from the copy kept is reported apart: one of the two
+    labels is wrong, and which one was kept should not be a silent accident of file names."""
 
     def __init__(self, report: SkipReport):
         self.report, self.seen = report, {}
 
-    def digest(self, path: Path) -> str | None:
+    def digest(self, path: Path, labels: dict | None = None) -> str | None:
         if path.stat().st_size == 0:
             self.report.add("empty file", str(path))
             return None
         d = file_digest(path)
         if d in self.seen:
-            self.report.add("duplicate file", str(path), f"same bytes as {self.seen[d].name}")
+            first, first_labels = self.seen[d]
+            if labels is not None and first_labels is not None and labels != first_labels:
+                self.report.add("duplicate file with different labels", str(path),
+                                f"same bytes as {first.name}, which is kept: {_describe(first_labels)} there, "
+                                f"{_describe(labels)} here")
+            else:
+                self.report.add("duplicate file", str(path), f"same bytes as {first.name}")
             return None
-        self.seen[d] = path
+        self.seen[d] = (path, labels)
         return d
 
 
 def read_utkface(root: Path, report: SkipReport) -> Manifest:
     dedupe = _Deduper(report)
     samples = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _files(root):
         m = UTK_NAME.match(path.name)
         if not m:
             if _is_image_name(path) or path.suffix == "":
@@ -75,7 +119,7 @@ def read_utkface(root: Path, report: SkipReport) -> Manifest:
         age, gender, race = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if not _age_ok(age, path, report):
             continue
-        digest = dedupe.digest(path)
+        digest = dedupe.digest(path, {"age": float(age), "gender": gender, "race": race})
         if digest:
             samples.append(Sample(str(path.resolve()), str(path.relative_to(root)), digest, float(age), gender, race))
     return Manifest(str(root), "utkface", samples)
@@ -92,12 +136,34 @@ def _parse_int(text: str | None, lo: int, hi: int) -> int | None:
     return v if lo <= v <= hi else None
 
 
+def _csv_encoding(csv_path: Path) -> str:
+    """Spreadsheets save CSVs with a byte-order mark (Excel: UTF-8 with BOM, or UTF-16)."""
+    with open(csv_path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "utf-8-sig"          # also plain UTF-8 / ASCII, without a mark
+
+
+def _csv_dialect(first_line: str):
+    """Comma, or the semicolon / tab that spreadsheets in many locales write."""
+    counts = {d: first_line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
 def read_csv(csv_path: Path, report: SkipReport) -> Manifest:
     base = csv_path.parent
     dedupe = _Deduper(report)
     samples = []
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
+    try:
+        encoding = _csv_encoding(csv_path)
+        with csv_path.open(newline="", encoding=encoding) as fh:
+            delimiter = _csv_dialect(fh.readline())
+    except (UnicodeError, OSError) as exc:
+        raise DataError(f"{csv_path}: cannot read it as text: {exc}") from None
+    with csv_path.open(newline="", encoding=encoding, errors="replace") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
         cols = {c.strip().lower() for c in (reader.fieldnames or [])}
         if not {"path", "age"} <= cols:
             raise DataError(f"{csv_path}: a manifest needs the columns path,age[,gender][,race]; found {sorted(cols)}")
@@ -119,25 +185,74 @@ def read_csv(csv_path: Path, report: SkipReport) -> Manifest:
             if gender is None or race is None:
                 report.add("bad label", str(path), f"gender {row.get('gender')!r}, race {row.get('race')!r}")
                 continue
-            digest = dedupe.digest(path)
+            digest = dedupe.digest(path, {"age": age, "gender": gender, "race": race})
             if digest:
                 samples.append(Sample(str(path.resolve()), rel, digest, age, gender, race))
     return Manifest(str(base), "csv", samples)
 
 
 def read_image_folder(root: Path, report: SkipReport) -> Manifest:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_junk(d.name))
     dedupe = _Deduper(report)
     samples = []
     for idx, cls in enumerate(classes):
-        for path in sorted(p for p in (root / cls).rglob("*") if p.is_file()):
+        for path in _files(root / cls):
             if not _is_image_name(path):
                 report.add("not an image", str(path), "unexpected file type")
                 continue
-            digest = dedupe.digest(path)
+            digest = dedupe.digest(path, {"class": cls})
             if digest:
                 samples.append(Sample(str(path.resolve()), str(path.relative_to(root)), digest, label=idx))
     return Manifest(str(root), "imagefolder", samples, class_names=classes)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _check_archive(archive: Path, count: int, total: int, dest_parent: Path) -> None:
+    """Refuse, before writing anything, an archive that would unpack into too many files, too
+    many bytes, far more bytes than it holds (a zip bomb), or more than the disk has free."""
+    how = "unpack it yourself and give the folder instead"
+    if count > MAX_ARCHIVE_FILES:
+        raise DataError(f"{archive}: more than {MAX_ARCHIVE_FILES:,} files; {how}")
+    if total > MAX_ARCHIVE_BYTES:
+        raise DataError(f"{archive} would unpack to {_gb(total)}, over the limit of {_gb(MAX_ARCHIVE_BYTES)}; {how}")
+    size = max(1, archive.stat().st_size)
+    if total > 16 * 2**20 and total / size > MAX_ARCHIVE_RATIO:
+        raise DataError(f"{archive} would unpack to {_gb(total)} from {_gb(size)} (ratio {total / size:,.0f}:1, "
+                        f"the limit is {MAX_ARCHIVE_RATIO}:1): images barely compress, so this is not an image "
+                        f"archive (a zip bomb?); {how}")
+    free = shutil.disk_usage(dest_parent).free
+    if total > free:
+        raise DataError(f"{archive} would unpack to {_gb(total)} in {dest_parent}, which has {_gb(free)} free; "
+                        f"free some space or set FACEAGE_CACHE to a larger disk")
+
+
+def _wanted(name: str) -> bool:
+    return not any(is_junk(part) for part in Path(name).parts)
+
+
+def _unpack(archive: Path, tmp: Path) -> None:
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir() and _wanted(m.filename)]
+            # zipfile stops each file at its declared size (and checks its CRC), so the
+            # declared sizes bound what is written.
+            _check_archive(archive, len(members), sum(m.file_size for m in members), tmp.parent)
+            for m in members:
+                zf.extract(m, tmp)        # extract() strips absolute paths and '..'
+    else:
+        with tarfile.open(archive) as tf:
+            members, total = [], 0
+            for m in tf:                  # headers stream by: counted without holding a bomb's worth
+                if len(members) > MAX_ARCHIVE_FILES:
+                    break
+                if (m.isfile() or m.islnk()) and _wanted(m.name):
+                    members.append(m)
+                    total += m.size
+            _check_archive(archive, len(members), total, tmp.parent)
+            tf.extractall(tmp, members=members, filter="data")   # "data" refuses absolute paths and links out
 
 
 def _extract_archive(archive: Path, cache_dir: Path) -> Path:
@@ -147,16 +262,17 @@ def _extract_archive(archive: Path, cache_dir: Path) -> Path:
     if (dest / ".complete").exists():
         return dest
     # A private temporary folder + rename: concurrent runs on the same archive never collide.
-    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+    # Folders left by killed runs (their process is gone) are removed first.
+    from ..atomic import owner_tag, remove_stale
+    remove_stale(dest.parent.glob(f"{dest.name}.*.partial"))
+    tmp = dest.with_name(f"{dest.name}.{owner_tag()}.{uuid.uuid4().hex[:8]}.partial")
     tmp.mkdir(parents=True)
     try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-        else:
-            with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")   # "data" refuses absolute paths and links out
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        _unpack(archive, tmp)
+    except DataError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"cannot unpack {archive}: {exc}") from None
     (tmp / ".complete").touch()
@@ -168,15 +284,23 @@ def _extract_archive(archive: Path, cache_dir: Path) -> Path:
 
 
 def _archive_root(folder: Path) -> Path:
-    """An archive often wraps everything in one top folder (UTKFace.tar.gz -> UTKFace/)."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+    """An archive often wraps everything in one top folder (UTKFace.tar.gz -> UTKFace/), maybe
+    beside a README or macOS's __MACOSX/: that folder is the dataset."""
+    entries = [p for p in folder.iterdir() if not is_junk(p.name)]
+    dirs = [p for p in entries if p.is_dir()]
+    loose_images = [p for p in entries if p.is_file() and _is_image_name(p)]
+    return dirs[0] if len(dirs) == 1 and not loose_images else folder
 
 
 def detect_kind(root: Path) -> str:
-    """A folder whose image files live only in subfolders is class-per-subfolder; else UTKFace."""
+    """A folder whose image files live only in subfolders is class-per-subfolder; else UTKFace.
+    One lone subfolder of UTKFace-named files (a dataset folder beside a README) is UTKFace."""
     top_images = any(p.is_file() and _is_image_name(p) for p in root.iterdir())
-    subdirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    subdirs = [d for d in root.iterdir() if d.is_dir() and not is_junk(d.name)]
+    if len(subdirs) == 1 and not top_images:
+        names = [p.name for p, _ in zip((p for p in subdirs[0].rglob("*") if _is_image_name(p)), range(50))]
+        if names and sum(bool(UTK_NAME.match(n)) for n in names) * 2 > len(names):
+            return "utkface"
     return "imagefolder" if subdirs and not top_images else "utkface"
 
 
@@ -190,6 +314,8 @@ def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: st
     report = SkipReport()
     if src.is_file() and src.name.lower().endswith(ARCHIVE_SUFFIXES):
         src = _archive_root(_extract_archive(src, Path(cache_dir or default_cache_dir())))
+    if not src.is_file() and not src.is_dir():
+        raise DataError(f"{src}: not a regular file or folder (a device, FIFO or socket)")
     if src.is_file():
         if src.suffix.lower() != ".csv":
             raise DataError(f"{src}: expected a folder, a .csv manifest or a .tar.gz/.zip archive")
@@ -203,13 +329,14 @@ def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: st
 
 
 def verify_images(manifest: Manifest, report: SkipReport) -> Manifest:
-    """Decode every image (cheaply, at reduced size) and drop those that fail."""
-    from ..preprocess import ImageDecodeError, open_image
+    """Decode every image and drop those that fail, by the check the training cache relies on
+    (:func:`faceage.preprocess.check_image`: the pixel limit, decoding, colour-mode conversion)."""
+    from ..preprocess import ImageDecodeError, check_image
 
     good = []
     for s in manifest.samples:
         try:
-            open_image(s.path)
+            check_image(s.path)
         except ImageDecodeError as exc:
             report.add(exc.reason, s.path, exc.detail)
             continue

@@ -5,8 +5,6 @@ checkpoint cannot run code on load. Writes are atomic (temporary file + rename).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +38,38 @@ def describe(spec: ModelSpec, cfg=None, class_names: list[str] | None = None, da
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that never leaves a half-written .ckpt behind."""
+    """Lightning checkpoint I/O that never leaves a half-written .ckpt behind.
+
+    The file is written under a temporary name tagged with this process's id, flushed to disk,
+    then renamed over the target; a temporary left by a killed run is removed by the next one
+    (``faceage.atomic.remove_stale``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from ..atomic import atomic_output
+        with atomic_output(path) as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            if isinstance(checkpoint.get("epoch"), int):   # tests: kill while the file is being written
+                from ..training.faults import kill_point
+                kill_point("checkpoint_write", checkpoint["epoch"] + 1)
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity."""
+    bad = []
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
+def check_finite_state(state: dict, what: str) -> None:
+    """Refuse weights that are not numbers: a diverged run's model answers NaN for every face."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{what} holds non-finite weights (NaN or infinity in '{bad[0]}'{more}): the training run "
+                              "diverged; it cannot be used. Train again with a lower optim.lr")
 
 
 def resolve_checkpoint_path(model: str | Path) -> Path:
@@ -96,6 +113,7 @@ def load_checkpoint(model: str | Path) -> LoadedModel:
     spec.pretrained = None                      # the weights come from the checkpoint, never a hub
     net = build_model(spec)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    check_finite_state(state, str(path))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the described model ({len(missing)} missing, {len(unexpected)} unexpected)")

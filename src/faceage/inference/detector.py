@@ -61,10 +61,10 @@ class RetinaFaceDetector:
                  threads: int | None = None, spinning: bool = False, min_face_size: float = 32,
                  max_pixels: float = 24e6):
         """``threads``: onnxruntime threads for this detector's own session (None: all cores)."""
-        import onnxruntime as ort
+        from .runners import import_onnxruntime, onnx_options
+        ort = import_onnxruntime()                  # first: retinaface imports onnxruntime too
         from retinaface.weights import WEIGHTS      # the ONNX model bytes, inside the wheel
 
-        from .runners import onnx_options
         self.score_threshold, self.det_size, self.nms_threshold = score_threshold, det_size, nms_threshold
         self.min_face_size, self.max_pixels = min_face_size, max_pixels
         # Our own session instead of the package's process-wide default one, so its threads and

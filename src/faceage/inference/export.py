@@ -7,15 +7,13 @@ on sample inputs at two batch sizes.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json
-from ..errors import FaceageError
+from ..atomic import atomic_write_json, atomic_write_via, remove_stale
+from ..errors import CheckpointError, FaceageError
 
 TOLERANCE = 1e-4
 
@@ -54,19 +52,16 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     s = loaded.preprocess
     sample = torch.randint(0, 256, (2, s.size, s.size, s.channels), dtype=torch.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx")
-    os.close(fd)
-    try:
+    remove_stale(out.parent.glob(f".{out.name}.*.tmp"), unknown_age_s=0)   # left by a killed export
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, (sample,), dynamo=True, opset_version=opset, input_names=["image"],
                                         output_names=sorted(graph(sample)), verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-            program.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            program.save(str(tmp))
+    atomic_write_via(out, write)
     meta = dict(loaded.meta)
     meta.update({"input": {"name": "image", "dtype": "uint8", "shape": ["batch", s.size, s.size, s.channels],
                            "meaning": "face crops framed per 'preprocess', raw pixel values (RGB or gray)"},
@@ -91,7 +86,10 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
         with torch.inference_mode():
             ref = {k: v.numpy() for k, v in graph(x).items()}
         got = runner.predict(x.numpy())
-        worst = max(worst, max(float(np.abs(got[k] - ref[k]).max()) for k in ref))
+        for k in ref:
+            if not (np.isfinite(ref[k]).all() and np.isfinite(got[k]).all()):
+                raise FaceageError(f"the exported model answers NaN or infinity ('{k}'); {out} is not usable")
+            worst = max(worst, float(np.abs(got[k] - ref[k]).max()))
     report = {"onnx": str(out), "sidecar": str(sidecar), "max_abs_diff": worst, "tolerance": TOLERANCE,
               "batches_checked": [1, 5], "size_mb": round(out.stat().st_size / 2**20, 2)}
     meta["verification"] = report
@@ -99,3 +97,19 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     if worst > TOLERANCE:
         raise FaceageError(f"exported model differs from torch by {worst:.3g} (> {TOLERANCE}); {out} is not reliable")
     return report
+
+
+def check_finite_onnx(path: str | Path) -> None:
+    """Refuse an ONNX model whose weights (initializers) hold NaN or infinity: it would answer
+    NaN for every face. Reads the file once (about 50 ms for the shipped model); onnx only."""
+    import onnx
+    from onnx import numpy_helper
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - onnxruntime loaded it; an unreadable file is reported there
+        return
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise CheckpointError(f"{path} holds non-finite weights (NaN or infinity in '{init.name}'): it was exported "
+                                  "from a diverged model and cannot be used")

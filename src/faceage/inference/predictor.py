@@ -202,7 +202,8 @@ class Predictor:
 def describe_error(exc: Exception) -> str:
     """The reason, plus the detail where it helps (the path is already in the result)."""
     if isinstance(exc, ImageDecodeError):
-        return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in ("image too large", "permission denied") else "")
+        helpful = ("image too large", "permission denied", "unsupported array", "unsupported image", "empty image")
+        return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in helpful else "")
     return str(exc)
 
 

@@ -1,9 +1,21 @@
 """What analysing a photo returns: :class:`Face` records inside one :class:`PhotoResult` per input."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+
+
+def _finite(v):
+    """``v`` with every non-finite float (NaN, infinity) replaced by None, inside lists and dicts too."""
+    if isinstance(v, float) or isinstance(v, np.floating):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
 @dataclass
@@ -23,8 +35,17 @@ class Face:
     crop: np.ndarray | None = field(default=None, repr=False)  # the aligned model input, if asked for
 
     def to_dict(self) -> dict:
-        """JSON-ready: every field except the crop's pixels."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "crop"}
+        """JSON-ready: every field except the crop's pixels. A number that is not finite (a
+        model answering NaN) becomes null, never ``NaN`` (which is not JSON), and so does
+        whatever was derived from it (the age bin from the age, the gender from its probability)."""
+        d = {f.name: _finite(getattr(self, f.name)) for f in fields(self) if f.name != "crop"}
+        if d["age"] is None and self.age is not None:
+            d["age_low"] = d["age_high"] = d["age_bin"] = None
+        if d["gender_prob"] is None and self.gender_prob is not None:
+            d["gender"] = d["gender_probs"] = None
+        if isinstance(d["gender_probs"], dict) and None in d["gender_probs"].values():
+            d["gender"] = d["gender_prob"] = d["gender_probs"] = None
+        return d
 
 
 @dataclass
@@ -50,5 +71,5 @@ class PhotoResult:
         d = {"path": self.path, "faces": [f.to_dict() for f in self.faces], "error": self.error,
              "error_type": self.error_type, "note": self.note}
         if self.time is not None:
-            d["time"] = self.time
+            d["time"] = _finite(self.time)
         return d

@@ -7,11 +7,27 @@ built once by :class:`InferenceGraph`, so they cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+
+# onnxruntime (1.31) writes a device id and a telemetry database under
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime when it is imported, unless this variable is
+# "1"/"true" (checked by the library at import). faceage's sessions never need it; a caller
+# who sets the variable otherwise keeps their choice.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off (see ORT_DISABLE_TELEMETRY above)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "").lower() in ("1", "true"):
+        ort.disable_telemetry_events()    # the event side (a no-op on builds without it)
+    return ort
 
 
 def load_runner(model: str | Path, threads: int | None = None, spinning: bool = True):
@@ -27,7 +43,7 @@ def onnx_options(threads: int | None = None, spinning: bool = True):
     keep their idle threads spinning by default and slow each other down: a 1 MP photo took
     74-77 ms with spinning and 58-59 ms without (2 cores, bench/session_spinning.py). A lone
     model called back to back is faster with spinning, so that stays the default for a bare runner."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -63,9 +79,8 @@ class OnnxRunner:
         A server running several sessions side by side sets 1 so they don't oversubscribe.
         ``spinning=False`` stops idle threads from busy-waiting, which pays when another
         session (the face detector) runs in between (see ``onnx_options``)."""
-        import onnxruntime as ort
-
         from ..preprocess import PreprocessSpec
+        ort = import_onnxruntime()
         self.path = Path(path)
         sidecar = self.path.with_suffix(".json")
         if not self.path.is_file():
@@ -82,6 +97,8 @@ class OnnxRunner:
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
             raise CheckpointError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
+        from .export import check_finite_onnx
+        check_finite_onnx(self.path)         # a diverged model's NaN weights: refuse once, here
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         res = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})

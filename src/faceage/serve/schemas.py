@@ -67,8 +67,12 @@ class ErrorResponse(BaseModel):
 class Limits(BaseModel):
     max_file_mb: float
     max_files: int
-    max_megapixels: float
+    max_megapixels: float = Field(description="per image, from its header; also the pixels all workers "
+                                              "together hold decoded at once")
+    max_request_megapixels: float = Field(description="all images of one request together")
     queue_timeout_s: float
+    upload_timeout_s: float = Field(description="a request body must arrive within this (else 408)")
+    max_pending_mb: float = Field(description="uploaded bytes all requests together may hold (else 503)")
     workers: int
 
 

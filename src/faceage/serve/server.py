@@ -14,9 +14,16 @@ def check(settings: ServeSettings) -> None:
     for name in ("workers", "max_files"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("max_file_mb", "max_megapixels", "queue_timeout_s"):
+    for name in ("max_file_mb", "max_megapixels", "max_request_megapixels", "queue_timeout_s", "upload_timeout_s",
+                 "max_pending_mb"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    if settings.max_request_megapixels < settings.max_megapixels:
+        raise ConfigError(f"max_request_megapixels ({settings.max_request_megapixels:g}) must be at least "
+                          f"max_megapixels ({settings.max_megapixels:g}): else one allowed image fills no request")
+    if settings.max_pending_mb < settings.max_file_mb:
+        raise ConfigError(f"max_pending_mb ({settings.max_pending_mb:g}) must be at least max_file_mb "
+                          f"({settings.max_file_mb:g})")
     if not 0 < settings.port < 65536:
         raise ConfigError(f"--port {settings.port} is not a TCP port")
 

@@ -20,8 +20,17 @@ class ServeSettings:
     workers: int = field(default_factory=cpu_cores)
     max_file_mb: float = 10.0           # per uploaded file -> 413 above it
     max_files: int = 16                 # per request -> 413 above it
-    max_megapixels: float = 50.0        # per image, read from the header -> 413 above it
+    # Per image, read from the header -> 413 above it (a bigger JPEG is decoded at a reduced scale
+    # when one fits). It is also what all workers together may hold decoded at once (app.PixelBudget).
+    max_megapixels: float = 50.0
+    # Per request, all its images together (decoded pixels), read from the headers -> 413 above it.
+    # It bounds a request's time; memory is bounded per image, as images are decoded one by one.
+    max_request_megapixels: float = 200.0
     queue_timeout_s: float = 30.0       # waiting for a worker longer than this -> 503
+    upload_timeout_s: float = 60.0      # the whole request body must arrive within this -> 408
+    # Uploaded bytes held in memory by all requests together (reading, queued, in a worker) -> 503
+    # above it. One request may hold max_files x max_file_mb (160 MB by default).
+    max_pending_mb: float = 160.0
     # Server-wide detection options, passed as keyword arguments to Predictor (det_size,
     # det_thresh, min_face_size, max_num_faces, detector="skip"); shown by /v1/model.
     predictor_options: dict = field(default_factory=dict)
@@ -33,6 +42,14 @@ class ServeSettings:
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1e6)
+
+    @property
+    def max_request_pixels(self) -> int:
+        return int(self.max_request_megapixels * 1e6)
+
+    @property
+    def max_pending_bytes(self) -> int:
+        return int(self.max_pending_mb * 2**20)
 
     @property
     def threads_per_worker(self) -> int:

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..config import load_config
+from ..config import load_config, validate_environment, validate_model
 from ..errors import ConfigError
 
 # The reference write-ups' path on the 120 px grayscale bins model: each remedy alone on the
@@ -57,9 +57,13 @@ def ablate(base: str | None, variants: list[tuple[str, list[str]]], out: str | P
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"variant names must be unique: {names}")
-    extra = list(common or []) + ([f"train.epochs={epochs}"] if epochs else [])
+    # `--epochs 0` is an error (train.epochs must be at least 1), not "the recipe's epochs".
+    extra = list(common or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     # Validate every variant before spending time on the first.
     configs = [(name, load_config(base, extra + ov)) for name, ov in variants]
+    for _, cfg in configs:
+        validate_model(cfg)
+        validate_environment(cfg)
     runs = []
     for name, cfg in configs:
         run = out / name

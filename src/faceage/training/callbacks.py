@@ -1,23 +1,32 @@
-"""Callbacks: per-epoch history (CSV/JSON + Keras-style console line), curves, unfreezing."""
+"""Callbacks: per-epoch history (CSV/JSON + Keras-style console line), curves, unfreezing, and
+the run's checkpoints (``last.ckpt`` after every epoch, ``best.ckpt`` when the monitor improves)."""
 from __future__ import annotations
 
 import csv
 import io
 import math
+import random
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text
+from ..errors import ConfigError
+from .faults import kill_point
 
 
 class History(L.Callback):
     """Records one row per finished epoch.
 
     Its rows are part of the callback state saved in every checkpoint, so a resumed run
-    continues exactly the history of the checkpoint it resumed from.
+    continues exactly the history of the checkpoint it resumed from. The files
+    (history.json/csv, curves) are written by :class:`RunCheckpoint` after ``last.ckpt``, so
+    they never get ahead of what a resume can continue from.
     """
 
     def __init__(self, run_dir: Path, total_epochs: int, plot: bool = True):
@@ -43,7 +52,6 @@ class History(L.Callback):
             row[k] = float(v)
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         if trainer.is_global_zero:
-            self.write()
             # tqdm.write keeps an active progress bar intact and puts the line on its own row.
             from tqdm import tqdm
             tqdm.write(keras_line(row, self.total_epochs), file=sys.stdout)
@@ -84,3 +92,124 @@ class UnfreezeAt(L.Callback):
                 pl_module.net.set_frozen(False)
                 pl_module.net.train()
                 print(f"unfroze all layers at epoch {trainer.current_epoch + 1}", file=sys.stderr)
+
+
+# -- random number generators ---------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every generator training draws from: torch (augmentation, dropout, the data loader's
+    worker seeds), CUDA, NumPy and Python. The sampler's order needs none of them: it is a
+    pure function of (train.seed, epoch) (``data.datamodule.EpochShuffle``)."""
+    keys, pos, has_gauss, gauss = np.random.get_state()[1:]
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},
+             "python": {"version": version, "state": list(internal), "gauss": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def nonfinite_weights(module: torch.nn.Module) -> list[str]:
+    return [name for name, t in module.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+class RunCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` after every epoch and makes ``best.ckpt`` a copy of it when the
+    monitored metric improves; then the history files.
+
+    Order, so that a kill at any point leaves a consistent run directory: (1) ``last.ckpt``,
+    atomically: the epoch counts as recorded once it is there; (2) ``best.ckpt`` (a hard link to
+    that file, or a copy); (3) history.json/csv and the curves. A resume restores everything in
+    ``last.ckpt`` (weights, optimizer, schedulers, early stopping, this state, the history rows)
+    and repairs (2) and (3) if the kill fell between them.
+
+    The random generators are snapshotted here at each epoch's end and put back at the next
+    epoch's first batch, in an unbroken run as in a resumed one, so both draw the same numbers:
+    whatever happens in between (a new data-loader iterator draws its worker seed from torch's
+    generator) cannot make them differ.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str, history: History):
+        self.run_dir, self.monitor, self.mode, self.history = Path(run_dir), monitor, mode, history
+        self.epoch = 0                   # last recorded epoch (1-based)
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped = False             # early stopping ended the run at self.epoch
+        self._rng: dict | None = None    # snapshot at the end of self.epoch
+        self._restore_rng: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RunCheckpoint"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.ckpt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.ckpt"
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch, "stopped": self.stopped,
+                "monitor": self.monitor, "mode": self.mode, "rng": self._rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.best_score, self.best_epoch = state.get("best_score"), state.get("best_epoch")
+        self.stopped = bool(state.get("stopped", False))
+        self._rng = self._restore_rng = state.get("rng")
+
+    def _improved(self, score: float) -> bool:
+        if not math.isfinite(score):
+            return False
+        if self.best_score is None:
+            return True
+        return score < self.best_score if self.mode == "min" else score > self.best_score
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0 and self._restore_rng is not None:
+            set_rng_state(self._restore_rng)
+            self._restore_rng = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        bad = nonfinite_weights(pl_module)
+        if bad:
+            from .module import TrainingDiverged
+            raise TrainingDiverged(f"training diverged in epoch {epoch}: the weights hold NaN or infinity ('{bad[0]}'"
+                                   f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing was saved for this "
+                                   "epoch. Train again with a lower optim.lr")
+        if self.monitor not in trainer.callback_metrics:
+            raise ConfigError(f"train.monitor '{self.monitor}' is not a logged metric; logged: "
+                              f"{', '.join(sorted(trainer.callback_metrics))}")
+        score = float(trainer.callback_metrics[self.monitor])
+        improved = self._improved(score)
+        if improved:
+            self.best_score, self.best_epoch = score, epoch
+        self.epoch, self.stopped = epoch, bool(trainer.should_stop)
+        self._rng = rng_state()
+        trainer.save_checkpoint(self.last_path, weights_only=False)
+        if trainer.is_global_zero:
+            if improved:
+                atomic_link_or_copy(self.last_path, self.best_path)
+            self.history.write()
+        kill_point("epoch_end", epoch)
+        self._restore_rng = self._rng

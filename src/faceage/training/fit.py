@@ -12,6 +12,7 @@ Run directory contents::
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..config import Config, config_from_dict
-from ..errors import ConfigError, FaceageError
+from ..atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text, remove_stale
+from ..config import Config, apply_resume_overrides, config_from_dict, validate, validate_environment, validate_model
+from ..errors import CheckpointError, ConfigError, FaceageError
 
 DEFAULT_DATA = "../shared/datasets/utkface/UTKFace"
 
@@ -32,40 +33,108 @@ def default_data_path() -> str:
 
 
 def _prepare_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FaceageError(f"run directory {out} is not empty: use --resume {out} to continue it, "
-                               "--overwrite to start again, or another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise FaceageError(f"run directory {out} is not empty: use --resume {out} to continue it, "
+                                   "--overwrite to start again, or another --out")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FaceageError(f"cannot use {out} as the run directory: {exc.strerror or exc}") from None
 
 
-def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: bool = False,
-          resume: bool = False, quiet: bool = False) -> dict:
-    """Train per ``cfg`` into run directory ``out``. Returns the run summary (also run.json)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+def recorded_state(last: Path) -> dict | None:
+    """What ``last.ckpt`` says was recorded: ``epoch`` (1-based), ``best_epoch``, ``stopped`` (by
+    early stopping) and the history ``rows``. None when there is no last.ckpt yet."""
+    if not last.is_file():
+        return None
+    import torch
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - written atomically, so only a foreign or damaged file
+        raise CheckpointError(f"cannot read {last}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}; "
+                              "start the run again with --overwrite") from None
+    callbacks = ckpt.get("callbacks", {}) if isinstance(ckpt, dict) else {}
+    rows = list(callbacks.get("History", {}).get("rows", []))
+    state = dict(callbacks.get("RunCheckpoint", {}))
+    return {"epoch": int(state.get("epoch", len(rows))), "best_epoch": state.get("best_epoch"),
+            "stopped": bool(state.get("stopped", False)), "rows": rows}
 
-    from ..data.datamodule import FaceDataModule
-    from ..inference.checkpoint import AtomicCheckpointIO
-    from ..models.registry import build_model, resolve
-    from .callbacks import History, UnfreezeAt
-    from .module import FaceAgeModule
 
-    _quiet_lightning()
+def _finished_message(out: Path, state: dict, epochs: int) -> str:
+    how = (f"stopped early at epoch {state['epoch']}" if state["stopped"]
+           else f"{state['epoch']} of {epochs} epochs recorded")
+    more = "" if state["stopped"] else (f"; to train it longer: faceage train --resume {out} "
+                                        f"train.epochs=N (N > {epochs})")
+    return f"{out} is already finished ({how}, best epoch {state['best_epoch']}): nothing to do{more}"
+
+
+def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overwrite: bool = False,
+          resume: bool = False, quiet: bool = False, overrides: list[str] | None = None) -> dict:
+    """Train per ``cfg`` into run directory ``out``. Returns the run summary (also run.json).
+
+    ``resume=True`` continues ``out`` from its ``last.ckpt`` (written after every epoch) with its
+    saved config and split, at the first epoch not recorded there; the result equals an unbroken
+    run's. A finished run is left as it is, unless ``overrides`` (only ``train.epochs=N``) asks
+    for more epochs.
+    """
     out = Path(out)
     last = out / "last.ckpt"
+    state = None
     if resume:
         if not (out / "config.yaml").is_file():
             raise FaceageError(f"nothing to resume in {out}: no config.yaml (was it a faceage run directory?)")
         cfg = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+        planned = cfg.train.epochs
+        if overrides:
+            apply_resume_overrides(cfg, overrides)
         cfg.data.split_file = str(out / "split.csv") if (out / "split.csv").is_file() else cfg.data.split_file
-    else:
+        state = recorded_state(last)
+        if state:
+            if cfg.train.epochs < state["epoch"]:
+                raise ConfigError(f"train.epochs={cfg.train.epochs} is fewer than the {state['epoch']} epochs {out} "
+                                  "has already recorded")
+            if state["stopped"] and cfg.train.epochs > planned:
+                raise ConfigError(f"{out} stopped early at epoch {state['epoch']} (train.early_stopping): it cannot be "
+                                  "extended; start a new run")
+            if (state["stopped"] or state["epoch"] >= cfg.train.epochs) and (out / "run.json").is_file():
+                print(_finished_message(out, state, cfg.train.epochs), file=sys.stderr)
+                summary = json.loads((out / "run.json").read_text())
+                summary["already_finished"] = True
+                return summary
+        if cfg.train.epochs > planned and cfg.schedule.name == "onecycle":
+            raise ConfigError("schedule.name is onecycle, whose schedule ends at the planned train.epochs: a run with "
+                              "it cannot be extended; start a new run")
+    validate(cfg)
+    validate_environment(cfg)
+    spec = validate_model(cfg)
+    t = cfg.train
+    net = None
+    if not ("label" in spec.tasks and not spec.num_classes):
+        net = _build(spec, t.seed)      # before anything is written: a model that cannot be built fails fast
+    if not resume:
         _prepare_run_dir(out, overwrite)
+
+    import lightning as L
+
+    from ..data.datamodule import FaceDataModule
+    from ..inference.checkpoint import AtomicCheckpointIO
+    from .callbacks import History, RunCheckpoint, UnfreezeAt
+    from .faults import FaultInjection, armed
+    from .module import FaceAgeModule
+
+    _quiet_lightning()
+    # Temporaries of a killed run (atomic writes never finished) are removed, never read.
+    remove_stale([*out.glob(".*.tmp"), *(out / "curves").glob(".*.tmp")], unknown_age_s=0)
+    if resume and cfg.train.epochs > planned:
+        print(f"extending {out} from {planned} to {cfg.train.epochs} epochs", file=sys.stderr)
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved.setdefault("train", {})["epochs"] = cfg.train.epochs     # the only change: a later plain --resume goes on
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        (out / "run.json").unlink(missing_ok=True)     # rewritten when the longer run ends
     cfg.data.path = data or cfg.data.path or default_data_path()
 
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    spec = resolve(cfg.model.name, **{k: v for k, v in vars(cfg.model).items() if k != "name"})
     dm = FaceDataModule(cfg, spec.preprocess(), cfg.data.path, run_dir=out)
     dm.prepare(verbose=not quiet)
     if "label" in spec.tasks and not spec.num_classes:
@@ -73,58 +142,78 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     if "label" in spec.tasks and dm.manifest.class_names and spec.num_classes != len(dm.manifest.class_names):
         raise ConfigError(f"model.num_classes is {spec.num_classes} but the dataset has {len(dm.manifest.class_names)} classes")
     _check_labels(spec, dm)
+    if net is None:
+        net = _build(spec, t.seed)
 
+    from ..data.split import save_split
     if not resume:
-        from ..data.split import save_split
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not resume or not (out / "split.csv").is_file():    # a run killed before writing them
         save_split(dm.assignment, out / "split.csv")
+    if not resume or not (out / "skipped.json").is_file():
         dm.report.write(out / "skipped.json")
 
-    net = build_model(spec)
     module = FaceAgeModule(net, cfg, extra_checkpoint={"class_names": dm.manifest.class_names, "dataset": cfg.data.path})
-    t = cfg.train
     history = History(out, t.epochs)
-    callbacks = [
-        history,
-        # save_on_train_epoch_end: saved after History has recorded the epoch, so a checkpoint
-        # always carries the history up to and including its own epoch.
-        ModelCheckpoint(dirpath=out, filename="best", monitor=t.monitor, mode=t.monitor_mode, save_top_k=1,
-                        save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
-    ]
+    checkpoint = RunCheckpoint(out, t.monitor, t.monitor_mode, history)
+    callbacks = [history, checkpoint]
     es = t.early_stopping
     if es.enabled:
+        from lightning.pytorch.callbacks import EarlyStopping
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta,
                                        check_on_train_epoch_end=True))
     if spec.unfreeze_epoch:
         callbacks.append(UnfreezeAt(spec.unfreeze_epoch))
+    if armed():
+        callbacks.append(FaultInjection())
     if t.progress_bar and not quiet:
         from lightning.pytorch.callbacks import TQDMProgressBar
         callbacks.append(TQDMProgressBar(leave=False))
-    trainer = L.Trainer(
-        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, callbacks=callbacks, logger=False, enable_progress_bar=t.progress_bar and not quiet,
-        enable_model_summary=False, plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
-        default_root_dir=str(out), log_every_n_steps=10,
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    # Early stopping's decision is not part of Lightning's loop state: a run that stopped (and
+    # was killed before its summary) must not train on when resumed.
+    max_epochs = state["epoch"] if state and state["stopped"] else t.epochs
+    try:
+        trainer = L.Trainer(
+            max_epochs=max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            precision=t.precision, callbacks=callbacks, logger=False, enable_progress_bar=t.progress_bar and not quiet,
+            enable_model_summary=False, plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+            default_root_dir=str(out), log_every_n_steps=10,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"train.accelerator={t.accelerator}, devices={t.devices}, precision={t.precision}, "
+                          f"strategy={t.strategy}, num_nodes={t.num_nodes} cannot run here: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
     ckpt_path = None
     if resume:
-        if last.is_file():
+        if state:
             ckpt_path = str(last)
-            print(f"resuming {out} from {last.name}", file=sys.stderr)
+            _repair(out, state, history)
+            if state["stopped"] or state["epoch"] >= t.epochs:
+                how = f"stopped early at epoch {state['epoch']}" if state["stopped"] else f"all {state['epoch']} epochs are recorded"
+                print(f"{out}: {how}; writing the run summary", file=sys.stderr)
+            else:
+                print(f"resuming {out} at epoch {state['epoch'] + 1} of {t.epochs} (last.ckpt holds epochs 1-"
+                      f"{state['epoch']})", file=sys.stderr)
         else:
             print(f"note: {out} has no last.ckpt yet; starting its first epoch again", file=sys.stderr)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except SystemExit:
+        if trainer.interrupted:          # Lightning turns Ctrl-C into exit(1); the CLI says how to resume
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.perf_counter() - start
 
     rows = history.rows
     from ..evaluation.plots import best_epoch, learning_curves
     learning_curves(rows, out / "curves", t.monitor, t.monitor_mode)
-    best = best_epoch(rows, t.monitor, t.monitor_mode)
+    best = checkpoint.best_epoch or best_epoch(rows, t.monitor, t.monitor_mode)
     final = "best.ckpt" if (not es.enabled or es.restore_best) else "last.ckpt"
     summary = {
         "model": spec.name, "epochs_run": len(rows), "max_epochs": t.epochs, "best_epoch": best,
-        "stopped_early": bool(es.enabled and len(rows) < t.epochs),
+        "stopped_early": bool(es.enabled and (checkpoint.stopped or len(rows) < t.epochs)),
         # Sum of epoch times from the history, which checkpoints carry: survives kill + resume.
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
         "wall_seconds_this_session": round(seconds, 1),
@@ -135,6 +224,37 @@ def train(cfg: Config, out: str | Path, *, data: str | None = None, overwrite: b
     if trainer.is_global_zero:
         atomic_write_json(out / "run.json", summary)
     return summary
+
+
+def _build(spec, seed: int):
+    """The network, initialised from ``train.seed`` (the same in a fresh and a resumed run)."""
+    import lightning as L
+
+    from ..models.registry import build_model
+    L.seed_everything(seed, workers=True, verbose=False)
+    try:
+        return build_model(spec)
+    except RuntimeError as exc:      # a stack of convolutions and poolings that shrinks the image to nothing
+        raise ConfigError(f"model.input_size {spec.input_size} is too small for {spec.name}: its layers shrink a "
+                          f"{spec.input_size} px image to nothing ({str(exc).splitlines()[0][:120]}); use a larger "
+                          f"model.input_size (its default is {_default_size(spec.name)})") from None
+
+
+def _default_size(name: str) -> int:
+    from ..models.registry import get_entry
+    return get_entry(name).defaults.input_size
+
+
+def _repair(out: Path, state: dict, history) -> None:
+    """A kill between writing last.ckpt and the files that follow it (best.ckpt, history, curves)
+    left those one epoch behind: bring them up to what last.ckpt recorded."""
+    last, best = out / "last.ckpt", out / "best.ckpt"
+    if state["best_epoch"] is not None and state["best_epoch"] == state["epoch"]:
+        atomic_link_or_copy(last, best)
+    elif not best.is_file():
+        print(f"warning: {best} is missing; it will be written when the monitored metric next improves", file=sys.stderr)
+    history.rows = list(state["rows"])
+    history.write()
 
 
 def _quiet_lightning() -> None:

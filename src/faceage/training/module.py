@@ -7,13 +7,14 @@ import lightning as L
 import torch
 import torchmetrics
 
-from ..config import Config
+from ..config import METRIC_NAMES, Config  # noqa: F401  (names follow Keras: ``mae``, ``val_mae``)
 from ..data.augment import BatchAugment
+from ..errors import FaceageError
 from ..models.network import FaceNet
 
-# Metric names follow Keras (``mae``, ``val_mae``) so logs read like the write-ups people post.
-METRIC_NAMES = {"age_reg": "mae", "age_dist": "mae", "age_bins": "bin_acc", "gender": "gender_acc",
-                "race": "race_acc", "label": "acc"}
+
+class TrainingDiverged(FaceageError):
+    """The loss or the weights stopped being numbers (NaN or infinity): training stops."""
 
 
 def _task_metrics(spec) -> torchmetrics.MetricCollection:
@@ -43,6 +44,10 @@ class FaceAgeModule(L.LightningModule):
         self.augment = BatchAugment(cfg.augment)
         self.train_metrics = _task_metrics(net.spec)
         self.val_metrics = _task_metrics(net.spec).clone(prefix="val_")
+        # ReduceLROnPlateau is stepped here, not by Lightning: Lightning steps epoch schedulers
+        # after the epoch-end checkpoint is written, so a resumed run would miss that step.
+        self._plateau = None
+        self._plateau_state: dict | None = None
 
     def images(self, batch: dict, augment: bool) -> torch.Tensor:
         x = batch["image"].permute(0, 3, 1, 2).float().div_(255.0)   # (B, C, H, W) in [0, 1]
@@ -88,8 +93,12 @@ class FaceAgeModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, train=True)
         if not torch.isfinite(loss):
-            # Keep going (the diagnosis reports divergence) but do not poison the weights.
-            return None
+            # A non-finite loss would make every weight NaN at this step; nothing has been saved
+            # from this epoch, so last.ckpt still holds the last good one.
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.current_epoch + 1}, batch {batch_idx + 1}: the loss is "
+                f"{float(loss.detach())}; nothing non-finite was saved. Train again with a lower optim.lr "
+                f"(this run: {self.cfg.optim.lr:g})")
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -113,8 +122,11 @@ class FaceAgeModule(L.LightningModule):
         if s.name == "constant":
             return opt
         if s.name == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.cfg.train.monitor_mode, factor=s.factor, patience=s.patience)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.cfg.train.monitor, "interval": "epoch"}}
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.cfg.train.monitor_mode,
+                                                                       factor=s.factor, patience=s.patience)
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+            return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if s.name == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in params], total_steps=total)
@@ -128,7 +140,22 @@ class FaceAgeModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_epoch_end(self) -> None:
+        # Runs after the History callback has recorded this epoch's lr and before the checkpoint
+        # callback saves, so the saved scheduler state includes this epoch's step.
+        if self._plateau is not None:
+            metric = self.trainer.callback_metrics.get(self.cfg.train.monitor)
+            if metric is not None:
+                self._plateau.step(float(metric))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Makes every checkpoint self-describing (see inference/checkpoint.py).
         from ..inference.checkpoint import describe
         checkpoint["faceage"] = describe(self.net.spec, self.cfg, **self.extra_checkpoint)
+        if self._plateau is not None:
+            checkpoint["faceage_plateau"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("faceage_plateau")
+        if self._plateau is not None and self._plateau_state is not None:
+            self._plateau.load_state_dict(self._plateau_state)
