@@ -48,10 +48,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _file_target(path: Path) -> Path:
+    """Refuse, in one line, an output path that is a folder (renaming over it would fail after
+    the work is done)."""
+    from .errors import FaceageError
+    if path.is_dir():
+        raise FaceageError(f"{path} is a folder: give a file name to write to")
+    return path
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator:
     """``with atomic_output(p) as fh: fh.write(...)``: ``p`` appears complete, or not at all."""
-    path = Path(path)
+    path = _file_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     # O_EXCL: never reuse a name; 0o666 & ~umask, as open() would create it.
@@ -71,7 +80,7 @@ def atomic_output(path: str | Path) -> Iterator:
 def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
     """For writers that take a file name (``onnx.save``, ``torch.save``): ``write(tmp)`` then
     rename. The writer creates the file itself, so it gets ordinary permissions."""
-    path = Path(path)
+    path = _file_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:

@@ -178,6 +178,8 @@ def _cmd_predict(args) -> int:
         raise ConfigError(str(exc)) from None
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1 face per model batch; got {args.batch}")
+    if args.annotate and Path(args.annotate).exists() and not Path(args.annotate).is_dir():
+        raise ConfigError(f"--annotate {args.annotate} is a file: give a folder for the annotated copies")
     files = collect_inputs(args.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not files:
         print("faceage: error: no image or video files found in the given paths", file=sys.stderr)
@@ -396,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:          # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # A path that is not what it must be (a file where a folder is needed, a folder where a
+        # file is, no permission): one line naming it, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"faceage: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("faceage: interrupted (a training run can be continued with --resume RUN_DIR)", file=sys.stderr)
         return 130
