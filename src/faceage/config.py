@@ -225,6 +225,33 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A run's or recipe's YAML as a dict; anything unreadable is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config a run directory recorded (``config.yaml``), validated like a recipe."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        return config_from_dict(read_yaml(path))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a faceage run config: {exc}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     if path is not None:

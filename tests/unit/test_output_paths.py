@@ -33,3 +33,17 @@ def test_cli_says_what_is_wrong_with_a_path(tmp_path, case):
     r = faceage(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("faceage: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_damaged_run_files_are_one_line_errors(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: [\n")
+    (run / "last.ckpt").write_bytes(b"x")
+    r = faceage("train", "--resume", run)
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+    (run / "config.yaml").write_text("model:\n  name: keras-baseline-28\n")
+    (run / "history.json").write_text('[{"epoch": 1, "loss": 2.0, "val_loss": 2.1}]')
+    (run / "run.json").write_text("{bad")
+    r = faceage("compare", run)
+    assert r.returncode == 2 and "run.json is not valid JSON" in r.stderr and "Traceback" not in r.stderr

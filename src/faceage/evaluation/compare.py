@@ -8,10 +8,8 @@ import json
 import math
 from pathlib import Path
 
-import yaml
-
 from ..atomic import atomic_write_text
-from ..config import config_from_dict
+from ..config import load_run_config
 from ..errors import DataError
 from .diagnose import diagnose
 from .histories import load_history
@@ -35,10 +33,9 @@ def run_row(run: Path) -> dict:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise DataError(f"{run} is not a faceage run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = load_run_config(run)
     rows, _ = load_history(run)
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    info, metrics = _json_or_empty(run / "run.json"), _json_or_empty(run / "metrics.json")
     d = diagnose(rows)
     total, trainable, layers = _model_stats(cfg)
     from ..models.registry import resolve
@@ -132,3 +129,16 @@ def compare(runs: list[str | Path], out: str | Path | None = None) -> tuple[list
                           "<p><img src='curves.png' alt='overlaid learning curves'></p>")
         overlaid_curves(rows, out / "curves.png")
     return rows, md
+
+
+def _json_or_empty(path: Path) -> dict:
+    """A run's summary file, or {} when absent; a damaged one is a one-line DataError."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}): re-run or remove it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} should hold a JSON object")
+    return data

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from ..atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text, remove_stale
-from ..config import Config, apply_resume_overrides, config_from_dict, validate, validate_environment, validate_model
+from ..config import (Config, apply_resume_overrides, load_run_config, read_yaml, validate,
+                      validate_environment, validate_model)
 from ..errors import CheckpointError, ConfigError, FaceageError
 
 DEFAULT_DATA = "../shared/datasets/utkface/UTKFace"
@@ -85,7 +86,7 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     if resume:
         if not (out / "config.yaml").is_file():
             raise FaceageError(f"nothing to resume in {out}: no config.yaml (was it a faceage run directory?)")
-        cfg = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+        cfg = load_run_config(out)
         planned = cfg.train.epochs
         if overrides:
             apply_resume_overrides(cfg, overrides)
@@ -129,7 +130,7 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     remove_stale([*out.glob(".*.tmp"), *(out / "curves").glob(".*.tmp")], unknown_age_s=0)
     if resume and cfg.train.epochs > planned:
         print(f"extending {out} from {planned} to {cfg.train.epochs} epochs", file=sys.stderr)
-        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved = read_yaml(out / "config.yaml")
         saved.setdefault("train", {})["epochs"] = cfg.train.epochs     # the only change: a later plain --resume goes on
         atomic_write_text(out / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
         (out / "run.json").unlink(missing_ok=True)     # rewritten when the longer run ends
