@@ -61,6 +61,8 @@ def _cmd_models(args) -> int:
         get_entry(args.name)
         from .models.summary import format_summary
         # Never download for a summary: the layer table does not depend on the weights.
+        if args.depth < 1:
+            raise ConfigError(f"--depth must be at least 1 (the nesting depth of the layer table); got {args.depth}")
         print(format_summary(create_model(args.name, pretrained="none"), max_depth=args.depth))
         return 0
     print(f"{'name':<22} {'family':<12} {'params':>12} {'trainable':>12} {'input':>10}  tasks / description")

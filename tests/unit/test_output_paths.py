@@ -47,3 +47,8 @@ def test_damaged_run_files_are_one_line_errors(tmp_path):
     (run / "run.json").write_text("{bad")
     r = faceage("compare", run)
     assert r.returncode == 2 and "run.json is not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_models_depth_must_be_positive():
+    r = faceage("models", "keras-baseline-28", "--depth", "-1")
+    assert r.returncode == 2 and "--depth must be at least 1" in r.stderr and "Traceback" not in r.stderr
