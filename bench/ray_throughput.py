@@ -81,13 +81,29 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+ROLES = [("AgeModel", "model actor"), ("detect_block", "detect worker"), ("predict_dataset", "driver"),
+         ("ray::", "other ray workers"), ("default_worker.py", "other ray workers"),
+         ("dashboard/agent", "dashboard agent"), ("runtime_env", "runtime-env agent"), ("dashboard.py", "dashboard"),
+         ("log_monitor", "log monitor"), ("monitor.py", "autoscaler monitor")]
+
+
+def role_of(cmdline: list[str]) -> str:
+    exe = os.path.basename(cmdline[0]) if cmdline else ""
+    if exe in ("raylet", "gcs_server"):                # their arguments name the worker script too
+        return exe
+    title = " ".join(cmdline[:3])                      # the program and its script, not the arguments
+    return next((r for key, r in ROLES if key in title), "other")
+
+
 class RssSampler(threading.Thread):
-    """Peak RSS of Ray's model actors and detection workers (processes whose environment has
-    this run's TMPDIR), sampled every 0.5 s."""
+    """Ray's processes (their environment has this run's TMPDIR), every 0.5 s: each one's peak
+    RSS and last CPU time. A worker keeps the role of the first task it was seen running (its
+    title becomes ray::IDLE between tasks)."""
 
     def __init__(self, tmp: str):
         super().__init__(daemon=True)
-        self.tmp, self.stop, self.peak, self.cpu = tmp, threading.Event(), {}, {}
+        self.tmp, self.stop = tmp, threading.Event()
+        self.role, self.rss, self.cpu = {}, {}, {}
 
     def run(self):
         import psutil
@@ -96,17 +112,23 @@ class RssSampler(threading.Thread):
                 try:
                     if p.environ().get("TMPDIR") != self.tmp:
                         continue
-                    title = " ".join(p.info["cmdline"] or [])
-                    role = ("actor" if "AgeModel" in title else "detect" if "detect_block" in title
-                            else "driver" if "predict_dataset" in title else "raylet" if "raylet" in title
-                            else "gcs" if "gcs_server" in title else "idle-or-other")
-                    rss = p.memory_info().rss / 2 ** 20
-                    self.peak[role] = max(self.peak.get(role, 0.0), rss)
+                    role = role_of(p.info["cmdline"] or [])
+                    if self.role.get(p.pid) in (None, "other ray workers", "other"):
+                        self.role[p.pid] = role
+                    self.rss[p.pid] = max(self.rss.get(p.pid, 0.0), p.memory_info().rss / 2 ** 20)
                     c = p.cpu_times()
                     self.cpu[p.pid] = c.user + c.system
                 except psutil.Error:
                     continue
             self.stop.wait(0.5)
+
+    def by_role(self) -> dict:
+        """role -> (processes, peak RSS MB of one, CPU seconds of all)."""
+        out: dict = {}
+        for pid, role in self.role.items():
+            n, rss, cpu = out.get(role, (0, 0.0, 0.0))
+            out[role] = (n + 1, max(rss, self.rss.get(pid, 0.0)), cpu + self.cpu.get(pid, 0.0))
+        return {r: {"processes": n, "peak_rss_mb": round(rss), "cpu_s": round(cpu, 1)} for r, (n, rss, cpu) in out.items()}
 
 
 def run_local(photos: Path) -> dict:
@@ -134,18 +156,18 @@ def run_ray(photos: Path, actors: int, block: int, batch: int, cpus_per_actor: f
     env["TMPDIR"] = tmp
     sampler = RssSampler(tmp)
     sampler.start()
-    t, cpu = time.perf_counter(), children_cpu_s()
+    t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", RAY_SNIPPET + "# predict_dataset", str(photos), str(out), str(actors),
                         str(block), str(batch), str(cpus_per_actor)], capture_output=True, text=True, env=env)
-    seconds, cpu = time.perf_counter() - t, children_cpu_s() - cpu
+    seconds = time.perf_counter() - t
     sampler.stop.set()
     sampler.join()
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.splitlines()[-1])
     import pyarrow.parquet as pq
     parts = list(out.glob("part-*.parquet"))
-    s.update(wall_seconds=seconds, cpu_seconds=cpu, cpu_seconds_sampled=round(sum(sampler.cpu.values()), 1),
-             rss_peak_mb={k: round(v) for k, v in sampler.peak.items()},
+    roles = sampler.by_role()
+    s.update(wall_seconds=seconds, cpu_seconds=round(sum(r["cpu_s"] for r in roles.values()), 1), processes=roles,
              parquet_bytes=sum(p.stat().st_size for p in parts), rows=pq.read_table(out).num_rows)
     shutil.rmtree(tmp, ignore_errors=True)
     return s
@@ -229,14 +251,16 @@ def main() -> None:
                 f"{a.batch}): {ray['scored']} photos, {ray['faces']} faces in {ray['wall_seconds']:.1f} s = "
                 f"{ray['scored'] / ray['wall_seconds']:.2f} photos/s (start-up included; Ray ready after "
                 f"{ray['startup_seconds']:.1f} s, then {ray['scored'] / ray_proc:.2f} photos/s); CPU (all of Ray's "
-                f"processes) {ray['cpu_seconds']:.1f} s = {1000 * ray['cpu_seconds'] / ray['scored']:.0f} ms CPU per photo "
-                f"(sampled live: {ray['cpu_seconds_sampled']:.1f} s)",
+                f"processes, sampled every 0.5 s) {ray['cpu_seconds']:.1f} s = "
+                f"{1000 * ray['cpu_seconds'] / ray['scored']:.0f} ms CPU per photo",
                 f"round {k + 1}: ratio ray / in-process = {local['seconds'] / ray['wall_seconds']:.2f} end to end, "
                 f"{(ray['scored'] / ray_proc) / (n / local['seconds']):.2f} with Ray's start-up excluded, "
                 f"{local['cpu_seconds'] / ray['cpu_seconds']:.2f} in CPU per photo",
                 f"round {k + 1}: same faces found: {ray['faces'] == local['faces']} ({ray['faces']} vs {local['faces']}); "
-                f"peak RSS MB by process role: {ray['rss_peak_mb']}; Parquet {ray['parquet_bytes'] / 1e3:.0f} kB "
-                f"for {ray['rows']} rows",
+                f"Parquet {ray['parquet_bytes'] / 1e3:.0f} kB for {ray['rows']} rows",
+                f"round {k + 1}: Ray's processes (count, peak RSS of one, CPU of all): " + "; ".join(
+                    f"{role} {v['processes']}x {v['peak_rss_mb']} MB {v['cpu_s']} s"
+                    for role, v in sorted(ray["processes"].items(), key=lambda kv: -kv[1]["cpu_s"])),
             ]
         costs = stage_costs(photos)
         lines.append("per-stage costs, 1 thread each: " + ", ".join(

@@ -1,6 +1,6 @@
 """`faceage predict --engine ray`: the same faces and ages as the in-process predictor, in a
-Parquet table that a killed job resumes without losing or repeating a photo; and without Ray
-installed, a message that says how to get it.
+Parquet table that a killed job resumes without losing or repeating a photo; a local Ray that
+listens on 127.0.0.1 only; and without Ray installed, a message that says how to get it.
 
 Every Ray here is a local one started by a `faceage` subprocess (127.0.0.1 only), bounded by
 the subprocess timeout. Its processes are found by the short TMPDIR each test gives it (Ray's
@@ -32,28 +32,32 @@ def faceage(*args, env=None, cwd=None, timeout=RUN_TIMEOUT_S) -> subprocess.Comp
 
 
 # ---- Ray's processes, found and stopped by the test's own TMPDIR ------------------------------
-def ray_processes(tmp: str) -> list:
+def ray_processes(tmp: str, known: set[int] = frozenset()) -> list:
+    """Processes of the Ray that lived under ``tmp``: started with it as TMPDIR, named in their
+    command line, holding files under it (Ray's agents get neither the variable nor a telling
+    name), or in ``known`` (pids seen before)."""
     psutil = pytest.importorskip("psutil")
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             if p.pid == os.getpid():
                 continue
-            if any(tmp in a for a in p.info["cmdline"] or []) or p.environ().get("TMPDIR") == tmp:
+            if (p.pid in known or any(tmp in a for a in p.info["cmdline"] or [])
+                    or p.environ().get("TMPDIR") == tmp or any(f.path.startswith(tmp) for f in p.open_files())):
                 found.append(p)
         except psutil.Error:
             continue
     return found
 
 
-def stop_ray(tmp: str, grace_s: float = 0.0) -> list[int]:
+def stop_ray(tmp: str, grace_s: float = 0.0, known: set[int] = frozenset()) -> list[int]:
     """Kill (by pid) what Ray left running from this TMPDIR; returns the pids that were left."""
     psutil = pytest.importorskip("psutil")
     deadline = time.monotonic() + grace_s
-    left = ray_processes(tmp)
+    left = ray_processes(tmp, known)
     while left and time.monotonic() < deadline:      # a clean shutdown may take a moment
         time.sleep(0.25)
-        left = ray_processes(tmp)
+        left = ray_processes(tmp, known)
     for p in left:
         try:
             p.kill()
@@ -61,6 +65,14 @@ def stop_ray(tmp: str, grace_s: float = 0.0) -> list[int]:
             pass
     psutil.wait_procs(left, timeout=10)
     return [p.pid for p in left]
+
+
+def listen_addresses(tmp: str) -> set[str]:
+    """The addresses that the running Ray's processes listen on."""
+    pids = {p.pid for p in ray_processes(tmp)}
+    import psutil
+    return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
 @pytest.fixture
@@ -172,13 +184,17 @@ def test_a_killed_job_resumes_where_it_stopped(album, in_process, ray_env, tmp_p
             assert driver.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "no part committed in time"
             time.sleep(0.02)
+        listening = listen_addresses(ray_env["TMPDIR"])
+        import psutil
+        started = {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
         os.kill(driver.pid, signal.SIGKILL)            # the driver, by its process id, mid-run
     finally:
         if driver.poll() is None:
             driver.kill()
         driver.wait(timeout=30)
         log.close()
-    stop_ray(ray_env["TMPDIR"])                       # what the killed driver's Ray left behind
+    stop_ray(ray_env["TMPDIR"], known=started)        # what the killed driver's Ray left behind
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening), listening
     done = {row["path"] for row in pq.read_table(out, columns=["path"]).to_pylist()}
     assert 0 < len(done) < len(photos), "the job was not killed halfway"
 
@@ -220,14 +236,17 @@ def test_the_two_stages_in_this_process_give_the_predictor_s_faces(album, in_pro
     from faceage.distributed.ray_predict import AgeModel, detect_block, result_schema
     options = {"model": None, "threads": 1, "batch_size": 32, "detector": None, "det_size": None, "det_thresh": 0.8,
                "min_face_size": 0, "max_num_faces": 0}
-    detected = detect_block(pa.table({"path": sorted(in_process)}), options)
+    # Half of the photos named by file:// URIs: read through pyarrow.fs, as s3:// or gs:// would be.
+    paths = [f"file://{p}" if i % 2 else p for i, p in enumerate(sorted(in_process))]
+    detected = detect_block(pa.table({"path": paths + [f"file://{album}/missing.jpg"]}), options)
     model = AgeModel(batch_size=4)
     half = detected.num_rows // 2
     scored = pa.concat_tables([model(detected.slice(0, half)), model(detected.slice(half))])
     assert scored.schema == result_schema(with_count=True)
     rows: dict[str, list[dict]] = {}
     for row in scored.to_pylist():
-        rows.setdefault(row["path"], []).append(row)
+        rows.setdefault(row["path"].removeprefix("file://"), []).append(row)
+    assert [r["error"] for r in rows.pop(f"{album}/missing.jpg")] == ["file not found"]
     for path, expected in in_process.items():
         assert_same_as_in_process(rows[path], expected)
         assert {r["n_rows"] for r in rows[path]} == {len(rows[path])}

@@ -22,6 +22,7 @@ temporary folder, listening on 127.0.0.1 only, no dashboard) and stopped at the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -114,10 +115,28 @@ def detect_block(batch, options: dict, cwd: str = "."):
     from ..inference.inputs import to_rgb_image
     from ..inference.predictor import describe_error
     predictor = _cached_predictor(options)
+    paths = batch.column("path").to_pylist()
+    # Object stores answer each GET after tens of ms: fetch the block's URIs side by side first,
+    # so the CPU is not left waiting photo after photo. Local paths are read when decoded.
+    fetched = {}
+    uris = [p for p in paths if is_uri(p)]
+    if uris:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def fetch(uri):
+            try:
+                return _read(uri, cwd)
+            except Exception as exc:  # noqa: BLE001 - raised again for its photo below
+                return exc
+        with ThreadPoolExecutor(max_workers=min(8, len(uris))) as pool:
+            fetched = dict(zip(uris, pool.map(fetch, uris)))
     rows: list[dict] = []
-    for path in batch.column("path").to_pylist():
+    for path in paths:
         try:
-            faces = predictor._find_faces(to_rgb_image(_read(path, cwd)))
+            data = fetched.pop(path) if path in fetched else _read(path, cwd)
+            if isinstance(data, Exception):
+                raise data
+            faces = predictor._find_faces(to_rgb_image(data))
         except Exception as exc:  # noqa: BLE001 - one row saying why, and the job goes on
             rows.append({"path": path, "n_rows": 1, "error": describe_error(exc) or type(exc).__name__,
                          "error_type": type(exc).__name__})
@@ -305,6 +324,25 @@ class _Local:
     temp_dir: str
 
 
+@contextlib.contextmanager
+def _stderr_to_file():
+    """While Ray starts, its C++ side writes to file descriptor 2 (a line about its own log level,
+    for one): keep those lines in a file and hand them back, shown only if the start fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        lines: list[str] = []
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines += capture.read().decode(errors="replace").splitlines()
+
+
 def _start_ray(ray, address, num_cpus, object_store_mb, runtime_env=None):
     """Connect to ``address``, or start a local Ray that only this machine can reach. Returns a
     _Local when this call started it (so the caller stops it), else None."""
@@ -315,7 +353,8 @@ def _start_ray(ray, address, num_cpus, object_store_mb, runtime_env=None):
     # that Ray Data creates (constructor arguments in the object store). Workers log to files.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env=runtime_env)
+        with _stderr_to_file():
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env=runtime_env)
         return None
     # 127.0.0.1 only: Ray binds its servers to the node address, which is the loopback address
     # when this (Windows/macOS) switch is off. Read when ray is imported; set here too in case
@@ -327,17 +366,24 @@ def _start_ray(ray, address, num_cpus, object_store_mb, runtime_env=None):
         ray_constants.ENABLE_RAY_CLUSTER = False
     except (ImportError, AttributeError):
         pass
-    # Short: Ray's socket paths under it must stay within the 107-byte limit of Unix sockets.
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir=tempfile.gettempdir())
+    # Short: Ray's socket paths under it (~70 more bytes) must stay within the 107-byte limit of
+    # Unix sockets, which a long $TMPDIR (macOS's /var/folders/...) would pass.
+    base = tempfile.gettempdir()
+    if len(base) > 32 and os.path.isdir("/tmp"):
+        base = "/tmp"
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir=base)
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                 logging_level=logging.ERROR, log_to_driver=False, object_store_memory=object_store_mb * 1024 ** 2,
-                 runtime_env=runtime_env)
+        with _stderr_to_file() as printed:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                     logging_level=logging.ERROR, log_to_driver=False,
+                     object_store_memory=object_store_mb * 1024 ** 2, runtime_env=runtime_env)
     except Exception as exc:  # noqa: BLE001 - Ray's own start-up errors are plain Exceptions
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        said = "".join(f"\n  {line}" for line in printed[-5:] if "log level" not in line)
         raise FaceageError(f"the local Ray did not start: {str(exc).splitlines()[0]} (Ray gives its processes "
-                           f"30 s; on a very busy machine run again, or give --address of a running cluster)") from None
+                           f"30 s; on a very busy machine run again, or give --address of a running cluster)"
+                           + said) from None
     return _Local(temp_dir)
 
 
@@ -347,7 +393,7 @@ def predict_dataset(source, out, *, address: str | None = None, model=None, dete
                     detect_cpus: float = 1.0, detect_memory_mb: int = 512, block_size: int = 16,
                     num_cpus: int | None = None,
                     object_store_mb: int = 1024, part_size: int = 1000, part_seconds: float = 60.0,
-                    wave_size: int = 100_000, path_column: str | None = None, runtime_env: dict | None = None,
+                    wave_size: int = 1_000_000, path_column: str | None = None, runtime_env: dict | None = None,
                     progress: bool = False) -> dict:
     """Ages and genders for every photo in ``source``, written to the Parquet folder ``out``.
 
