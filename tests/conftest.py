@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,10 @@ def shared_predictor():
     """The shipped default model with the real detector, loaded once for the serving tests."""
     from faceage.inference.predictor import Predictor
     return Predictor()
+
+
+def faceage(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    """``python -m faceage ARGS`` in a subprocess, as a user runs it: text output captured."""
+    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True,
+                          env=env or os.environ.copy(), **kw)
+

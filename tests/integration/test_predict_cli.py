@@ -6,20 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import real_data_dir
+from conftest import faceage, real_data_dir
 
 pytestmark = pytest.mark.integration
-
-
-def faceage(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

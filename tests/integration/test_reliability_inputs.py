@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import face_image, write_utk
+from conftest import faceage, face_image, write_utk
 from serving import free_port, png_bytes
 from faceage.data.readers import read_dataset, verify_images
 from faceage.errors import ConfigError, DataError
@@ -31,8 +31,7 @@ FAST = {"timeout": 120}
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True,
-                          env=env, **FAST)
+    return faceage(*args, env=env, **FAST)
 
 
 # ---- NumPy arrays: what can mean one thing is read, the rest is refused saying what is expected ----

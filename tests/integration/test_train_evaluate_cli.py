@@ -3,7 +3,6 @@ evaluate it, and kill-and-resume a run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,14 +10,11 @@ import time
 
 import pytest
 
+from conftest import faceage
+
 pytestmark = pytest.mark.integration
 
 TINY = ["model.input_size=48", "data.batch_size=32", "train.progress_bar=false", "augment.rotation=10"]
-
-
-def faceage(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True,
-                          env=env or os.environ.copy(), **kw)
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,13 @@
 exit 2, never a traceback (and never after the work is done)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
+from conftest import faceage
+
 from faceage.atomic import atomic_write_text
 from faceage.errors import FaceageError
-
-
-def faceage(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "faceage", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_atomic_writes_refuse_a_folder_before_writing(tmp_path):
