@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # Train a small model for 2 epochs on a subset of UTKFace, evaluate it, print the metrics.
 demo-train: $(STAMP)
-	$(BIN)/faceage train --config configs/demo.yaml --data "$(FACEAGE_DATA)" --out runs/demo --overwrite
+	$(BIN)/faceage train --config demo --data "$(FACEAGE_DATA)" --out runs/demo --overwrite
 	$(BIN)/faceage evaluate --model runs/demo --data "$(FACEAGE_DATA)" --split test --json runs/demo/metrics.json
 
 # The web page and API on http://127.0.0.1:8000 (Ctrl+C stops it).

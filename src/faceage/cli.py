@@ -12,12 +12,18 @@ from .errors import ConfigError
 
 
 def _cmd_data_inspect(args) -> int:
+    from .data.manifest import NoUsableImageError
     from .data.readers import read_dataset, verify_images
     from .labels import GENDERS, RACES
 
-    manifest, report = read_dataset(args.path)
-    if not args.no_verify:
-        verify_images(manifest, report)
+    try:
+        manifest, report = read_dataset(args.path, y_is=args.y_is)
+        if not args.no_verify:
+            verify_images(manifest, report)
+    except NoUsableImageError as exc:     # the reasons are in the message; --report still gets the list
+        if args.report:
+            exc.save(args.report)
+        raise
     s = manifest.samples
     info: dict = {"path": args.path, "kind": manifest.kind, "usable": len(s), "skipped": len(report)}
     ages = [x.age for x in s if x.age is not None]
@@ -55,23 +61,42 @@ def _cmd_data_inspect(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models.registry import REGISTRY, count_parameters, create_model, get_entry, list_models
-
     if args.name:
-        get_entry(args.name)
+        from .models.registry import create_model, get_entry
         from .models.summary import format_summary
+        get_entry(args.name)
         # Never download for a summary: the layer table does not depend on the weights.
         if args.depth < 1:
             raise ConfigError(f"--depth must be at least 1 (the nesting depth of the layer table); got {args.depth}")
         print(format_summary(create_model(args.name, pretrained="none"), max_depth=args.depth))
         return 0
+    # A static table of the zoo (models/zoo.py, checked against the registry by the tests): no
+    # torch import, no model built, so the list comes in about a second.
+    from .models.zoo import ZOO, zoo_names
+    from .recipebook import recipe_names
     print(f"{'name':<22} {'family':<12} {'params':>12} {'trainable':>12} {'input':>10}  tasks / description")
-    for name in list_models(args.pattern):
-        e = REGISTRY[name]
-        total, trainable = count_parameters(create_model(name, pretrained="none"))
-        d = e.defaults
-        print(f"{name:<22} {e.family:<12} {total:>12,} {trainable:>12,} {f'{d.input_size}x{d.input_size}x{d.channels}':>10}  "
-              f"{'+'.join(d.tasks)}: {e.description}")
+    for name in zoo_names(args.pattern):
+        f = ZOO[name]
+        print(f"{name:<22} {f.family:<12} {f.params:>12,} {f.trainable:>12,} {f'{f.input_size}x{f.input_size}x{f.channels}':>10}  "
+              f"{'+'.join(f.tasks)}: {f.description}")
+    print(f"\nrecipes (faceage train --config NAME; `faceage recipes` describes them): {', '.join(recipe_names())}")
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from .recipebook import RECIPES_DIR, find_recipe, recipe_description, recipe_names
+
+    if args.name:
+        print(find_recipe(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    import yaml
+    print(f"{'recipe':<26} {'model':<22} {'epochs':>6}  description")
+    for name in recipe_names():
+        data = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        model = (data.get("model") or {}).get("name", "utk-custom-128")
+        epochs = (data.get("train") or {}).get("epochs", 10)
+        print(f"{name:<26} {model:<22} {epochs:>6}  {recipe_description(name)}")
+    print(f"\nfaceage train --config NAME (from any folder), or --config PATH.yaml for your own; shipped in {RECIPES_DIR}")
     return 0
 
 
@@ -79,23 +104,30 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .training.fit import train
 
+    epochs = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     if args.resume:
         if args.config or args.split:
             print("faceage: error: --resume continues a run with its saved config and split; drop --config/--split "
-                  "(only train.epochs=N may be given, to train a finished run longer)", file=sys.stderr)
+                  "(only --epochs N may be given, to train a finished run longer)", file=sys.stderr)
             return 2
-        summary = train(None, args.resume, data=args.data, resume=True, overrides=args.overrides)
+        summary = train(None, args.resume, data=args.data, resume=True, overrides=args.overrides + epochs)
         out = args.resume
     else:
         if not args.config and not args.overrides:
-            print("faceage: error: give --config configs/NAME.yaml (and/or key=value overrides), or --resume RUN_DIR",
-                  file=sys.stderr)
+            print("faceage: error: give --config NAME (a recipe: `faceage recipes` lists them) or --config PATH.yaml "
+                  "(and/or key=value overrides), or --resume RUN_DIR", file=sys.stderr)
             return 2
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + epochs)
+        if args.overrides and os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+            from .training.resolve import ineffective_overrides      # said once, by the first process
+            for message in ineffective_overrides(args.config, epochs, args.overrides):
+                print(f"warning: {message}", file=sys.stderr)
         if args.split:
             cfg.data.split_file = args.split
         out = args.out or f"runs/{cfg.model.name}"
         summary = train(cfg, out, data=args.data, overwrite=args.overwrite)
+    if summary.get("rank"):      # DDP: a rank > 0 (its run directory may be on another machine); rank 0 reports
+        return 0
     best = summary["best"]
     print(f"done: {summary['epochs_run']} epoch(s), best epoch {summary['best_epoch']}"
           + (f" ({summary['monitor']} {best.get(summary['monitor'], float('nan')):.4f})" if best else "")
@@ -282,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="counts, age histogram, gender/race balance, skipped files")
-    ins.add_argument("path", help="UTKFace folder, .tar.gz/.zip archive, CSV manifest or class-per-subfolder folder")
+    ins.add_argument("path", help="UTKFace folder, .tar.gz/.zip archive, CSV manifest, class-per-subfolder folder, "
+                     ".npz arrays, .parquet/.arrow file or Hugging Face save_to_disk folder")
+    ins.add_argument("--y-is", choices=("age", "label", "onehot"),
+                     help="what a .npz's y holds (data.y_is): needed when y is whole numbers")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.add_argument("--report", metavar="FILE", help="write every skipped file with its reason (JSON)")
     ins.add_argument("--no-verify", action="store_true", help="do not decode images (faster; misses corrupt files)")
@@ -294,14 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--depth", type=int, default=4, help="layer-table nesting depth (default 4)")
     mod.set_defaults(func=_cmd_models)
 
+    from .recipebook import recipe_names
+    recipes = ", ".join(recipe_names())
+    rc = sub.add_parser("recipes", help="list the shipped recipes (faceage train --config NAME), or print one")
+    rc.add_argument("name", nargs="?", help="a recipe name: print its YAML")
+    rc.set_defaults(func=_cmd_recipes)
+
     tr = sub.add_parser("train", help="train a model from a recipe")
-    tr.add_argument("--config", help="recipe YAML, e.g. configs/utk-custom-128.yaml")
+    tr.add_argument("--config", metavar="NAME|PATH", help=f"a shipped recipe by name ({recipes}) or a recipe YAML file")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key, e.g. optim.lr=1e-4")
     tr.add_argument("--data", help="dataset (default: data.path, else $FACEAGE_DATA, else ../shared/datasets/utkface/UTKFace)")
     tr.add_argument("--out", help="run directory (default runs/MODEL)")
     tr.add_argument("--split", metavar="FILE", help="reuse a split.csv (or a run directory's) so runs are comparable")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped (a finished "
-                    "one is left as is; add train.epochs=N to train it longer)")
+                    "one is left as is; add --epochs N to train it longer)")
+    tr.add_argument("--epochs", type=int, metavar="N", help="train.epochs=N; with --resume, extends a finished run to N epochs")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 
@@ -318,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=_cmd_compare)
 
     ab = sub.add_parser("ablate", help="train variants of one recipe on the same split, then compare them")
-    ab.add_argument("--config", help="base recipe")
+    ab.add_argument("--config", metavar="NAME|PATH", help="base recipe: a shipped recipe's name or a YAML file")
     ab.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...", help="a variant (repeatable)")
     from .training.ablate import PRESETS
     ab.add_argument("--preset", choices=sorted(PRESETS), help="a built-in set of variants")

@@ -64,6 +64,7 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0                   # the cache is memory-mapped: workers rarely help
     age_balance: float = 0.0               # sample 5-year age bands ~ count**-age_balance (0 off, 1 uniform)
+    y_is: str | None = None                # a .npz's y: age | label | onehot (needed when y holds whole numbers)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class TrainConfig:
     monitor: str = "val_loss"    # what "best" means for best.ckpt
     monitor_mode: str = "min"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    progress_bar: bool = True
+    progress_bar: Any = "auto"   # auto (only on a terminal) | true | false
 
 
 @dataclass
@@ -202,8 +203,15 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             if not isinstance(v, dict):
                 raise ConfigError(f"config key '{key}' is a section; give it keys, not {v!r}")
             _apply(getattr(obj, k), v, key + ".")
+        elif isinstance(v, _Dotted) and isinstance(getattr(obj, k), dict):
+            # `model.tasks.gender=8` changes one entry of the recipe's mapping; `model.tasks={...}` replaces it.
+            setattr(obj, k, {**getattr(obj, k), **_coerce(v, tp, key)})
         else:
             setattr(obj, k, _coerce(v, tp, key))
+
+
+class _Dotted(dict):
+    """A level of an override that came from a dotted key, not from a written mapping."""
 
 
 def parse_override(text: str) -> dict:
@@ -220,7 +228,7 @@ def parse_override(text: str) -> dict:
     cur = nested
     parts = key.split(".")
     for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
+        cur = cur.setdefault(p, _Dotted())
     cur[parts[-1]] = value
     return nested
 
@@ -253,11 +261,12 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """A recipe (a YAML path, or a shipped recipe's name: see :mod:`faceage.recipebook`) plus
+    overrides. Paths inside the recipe are resolved against its folder, never the current one."""
+    from .recipebook import find_recipe, resolve_paths
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_recipe(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
@@ -266,7 +275,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...)")
-        _apply(cfg, data)
+        _apply(cfg, resolve_paths(data, path))
     for text in overrides or []:
         _apply(cfg, parse_override(text))
     validate(cfg)
@@ -296,7 +305,9 @@ CHOICES = {
     "model.dropout_after": (None, "each", "last"),
     "model.tta": (None, "none", "flip"),
     "model.channels": (None, 1, 3),
+    "data.y_is": (None, "age", "label", "onehot"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "train.progress_bar": ("auto", True, False),
     # Lightning's precision names; "transformer-engine" needs a package faceage does not install.
     "train.precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64"),
 }
@@ -522,7 +533,8 @@ def apply_resume_overrides(cfg: Config, overrides: list[str]) -> Config:
     for text in overrides:
         change = parse_override(text)
         if set(change) != {"train"} or set(change["train"]) != {"epochs"}:
-            raise ConfigError(f"with --resume only train.epochs=N (to train a finished run longer) may be given; got '{text}'")
+            raise ConfigError(f"with --resume only train.epochs=N (or --epochs N: to train a finished run longer) may "
+                              f"be given; got '{text}'")
         _apply(cfg, change)
     validate(cfg)
     return cfg

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from faceage.errors import ConfigError
-from faceage.training.ablate import PRESETS, parse_variant
+from faceage.recipebook import recipe_names
+from faceage.training.ablate import PRESETS, parse_variant, variant_warnings
+from faceage.training.resolve import ineffective_overrides
 
 
 def test_parse_variant_keeps_commas_inside_values():
@@ -22,6 +24,51 @@ def test_parse_variant_keeps_commas_inside_values():
 def test_builtin_preset_follows_the_write_ups_path():
     names = [n for n, _ in PRESETS["keras-120-path"]["variants"]]
     assert names == ["baseline", "batchnorm", "dropout", "l2", "augmentation", "early_stopping", "all"]
+
+
+def test_builtin_preset_names_a_shipped_recipe_and_every_variant_does_something(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                      # works from any directory
+    preset = PRESETS["keras-120-path"]
+    assert preset["base"] in recipe_names()
+    assert variant_warnings(preset["base"], preset["variants"], []) == []
+
+
+def test_ineffective_overrides():
+    check = ineffective_overrides
+    # keras-baseline-28 has no hidden dense layer: its dense dropout changes nothing.
+    msg = check("keras-baseline-28", [], ["model.dense_dropout=0.3"])
+    assert len(msg) == 1 and "changes nothing in the built model" in msg[0] and "no hidden dense layer" in msg[0]
+    assert check("keras-baseline-28", [], ["model.head_hidden=[32]", "model.dense_dropout=0.3"]) == []
+    assert check("keras-baseline-28", [], ["model.l2=0.01", "optim.lr=0.01", "model.batch_norm=after"]) == []
+    assert "already 0.3" in check("utk-custom-128", [], ["model.dense_dropout=0.3"])[0]      # the model's default
+    assert "already 0.001" in check("keras-baseline-28", [], ["optim.lr=0.001"])[0]
+    assert "sgd only" in check("keras-baseline-28", [], ["optim.momentum=0.5"])[0]
+    assert check("keras-baseline-28", [], ["optim.name=sgd", "optim.momentum=0.5"]) == []
+    assert "early_stopping.enabled" in check("keras-baseline-28", [], ["train.early_stopping.patience=3"])[0]
+    assert "no pretrained weights" in check("keras-baseline-28", [], ["model.pretrained=imagenet"])[0]
+    assert "reference CNNs" in check(None, ["model.name=resnet18"], ["model.conv_dropout=0.2"])[0]
+    assert check(None, ["model.name=resnet18"], ["model.dense_dropout=0.5"]) == []
+
+
+def test_variant_warnings_name_the_variant():
+    variants = [("base", []), ("same", ["optim.lr=0.001"]), ("drop", ["model.dense_dropout=0.5"]),
+                ("lr", ["optim.lr=0.01"]), ("lr2", ["optim.lr=0.01"])]
+    w = variant_warnings("keras-baseline-28", variants, ["train.epochs=1"])
+    assert any(m.startswith("variant 'same':") and "already 0.001" in m for m in w)
+    assert any(m.startswith("variant 'drop':") and "built model" in m for m in w)
+    assert any("variant 'lr2' trains the same config as variant 'lr'" in m for m in w)
+    assert not any("'base'" in m or m.startswith("variant 'lr':") for m in w)
+    w = variant_warnings("keras-baseline-28", [("b", []), ("aug", ["augment.flip=0"])], [])
+    assert w and "aug" in w[0]                                   # keras-baseline-28 already has flip 0
+
+
+def test_config_changes_are_said_in_keys():
+    from faceage.config import load_config
+    from faceage.training.resolve import config_changes, format_changes, resolved_config
+    a = resolved_config(load_config("keras-regularized-120"))
+    b = resolved_config(load_config("keras-regularized-120", ["model.l2=0.001", "train.progress_bar=false"]))
+    assert format_changes(config_changes(a, b)) == "model.l2 0.01 -> 0.001"
+    assert config_changes(a, resolved_config(load_config("keras-regularized-120", ["model.l2=0.01"]))) == []
 
 
 def test_ablate_then_compare_and_resume(tmp_path, synthetic_utk):
@@ -41,9 +88,19 @@ def test_ablate_then_compare_and_resume(tmp_path, synthetic_utk):
     assert "| base | keras-baseline-28 | 28x28x1 | 203,434 |" in r.stdout
     # A second call reruns nothing.
     r2 = subprocess.run(cmd, capture_output=True, text=True)
-    assert r2.returncode == 0 and r2.stderr.count("finished earlier: kept") == 2 and "Epoch 1/2" not in r2.stdout
+    assert r2.returncode == 0 and r2.stderr.count("kept (unchanged)") == 2 and "Epoch 1/2" not in r2.stdout
 
 
 def test_compare_rejects_non_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "faceage", "compare", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "not a faceage run directory" in r.stderr
+
+
+@pytest.mark.parametrize("setting", ["train.devices=2", "train.num_nodes=2"])
+def test_ablate_refuses_ddp_before_training(tmp_path, synthetic_utk, setting):
+    # Lightning's launcher re-runs the command per process: each would train every variant.
+    from faceage.training.ablate import ablate
+    with pytest.raises(ConfigError, match="once per variant"):
+        ablate("keras-baseline-28", [("base", [])], tmp_path / "abl", data=str(synthetic_utk),
+               common=["train.accelerator=cpu", setting])
+    assert not (tmp_path / "abl").exists()

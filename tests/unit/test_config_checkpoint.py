@@ -84,3 +84,141 @@ def test_checkpoint_cannot_execute_code(tmp_path):
     torch.save({"state_dict": {}, "faceage": Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "evil.ckpt")
+
+
+# -- recipes by name, paths inside recipes (issue 12 part 4) ----------------------------------
+
+def test_recipe_by_name_from_any_directory(tmp_path, monkeypatch):
+    from faceage.recipebook import RECIPES_DIR, recipe_names
+    monkeypatch.chdir(tmp_path)
+    assert {"keras-baseline-28", "utk-custom-128", "dlib-resnet29"} <= set(recipe_names())
+    assert load_config("keras-baseline-28").train.epochs == 100
+    assert load_config("keras-baseline-28.yaml").model.name == "keras-baseline-28"
+    assert load_config("configs/keras-baseline-28.yaml").model.name == "keras-baseline-28"   # an old command line
+    # A file that exists wins over a name.
+    (tmp_path / "keras-baseline-28").write_text("model: {name: utk-custom-128}\n")
+    assert load_config("keras-baseline-28").model.name == "utk-custom-128"
+    with pytest.raises(ConfigError, match="did you mean 'keras-baseline-28'"):
+        load_config("keras-basline-28")
+    assert (RECIPES_DIR / "keras-baseline-28.yaml").is_file()
+
+
+def test_configs_folder_is_the_packaged_recipes():
+    """One copy: the repository's configs/ is a link to the package's recipes/."""
+    from pathlib import Path
+
+    from faceage.recipebook import RECIPES_DIR
+    configs = Path(__file__).parents[2] / "configs"
+    assert configs.resolve() == RECIPES_DIR.resolve()
+
+
+def test_paths_in_a_recipe_are_relative_to_the_recipe(tmp_path, monkeypatch):
+    sub = tmp_path / "recipes"
+    sub.mkdir()
+    (sub / "r.yaml").write_text("model:\n  name: mobilenetv2\n  pretrained: weights/w.pth\n"
+                                "data:\n  path: ../faces\n  split_file: ${MY_SPLITS}/s.csv\n")
+    monkeypatch.setenv("MY_SPLITS", str(tmp_path / "splits"))
+    monkeypatch.chdir("/")
+    cfg = load_config(sub / "r.yaml")
+    assert cfg.model.pretrained == str(sub / "weights" / "w.pth")
+    assert cfg.data.path == str(tmp_path / "faces")
+    assert cfg.data.split_file == str(tmp_path / "splits" / "s.csv")
+    # Words are not paths; command-line overrides stay command-line paths.
+    (sub / "k.yaml").write_text("model: {name: mobilenetv2, pretrained: imagenet}\n")
+    assert load_config(sub / "k.yaml").model.pretrained == "imagenet"
+    assert load_config(sub / "r.yaml", ["model.pretrained=x.pth"]).model.pretrained == "x.pth"
+    monkeypatch.delenv("MY_SPLITS")
+    with pytest.raises(ConfigError, match=r"data.split_file.*\$\{MY_SPLITS\}.*not set"):
+        load_config(sub / "r.yaml")
+
+
+def test_shipped_weights_paths_use_faceage_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEAGE_WEIGHTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert load_config("mobilenetv2-dldl").model.pretrained == str(tmp_path / "mobilenet_v2-b0353104.pth")
+    from faceage.recipebook import PATH_KEYS, recipe_names
+    for name in recipe_names():           # no shipped recipe depends on the current directory
+        cfg = load_config(name)
+        for section, key in PATH_KEYS:
+            v = getattr(getattr(cfg, section), key)
+            assert v is None or v in ("imagenet", "face", "none") or v.startswith("/"), (name, key, v)
+
+
+# -- config.yaml holds every value used ------------------------------------------------------
+
+def test_resolved_config_fills_the_model_family_defaults(tmp_path):
+    import yaml
+
+    from faceage.config import config_from_dict, load_run_config
+    from faceage.training.resolve import config_changes, load_run_resolved, resolved_config
+    cfg = load_config("utk-custom-128")
+    assert cfg.model.dense_dropout is None and cfg.model.l2 is None
+    r = resolved_config(cfg)
+    assert (r.model.dense_dropout, r.model.l2, r.model.head_hidden, r.model.batch_norm) == (0.3, 0.01, [256, 128], "before")
+    assert r.model.pretrained == "none" and r.model.input_size == 128 and r.model.tasks == {"age_reg": 1.0, "gender": 1.0}
+    assert resolved_config(load_config(None, ["model.name=utk-vgg16-128"])).model.pretrained == "imagenet"
+    # It loads back to the same model, and an old run's config.yaml (nulls) resolves the same.
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(r.to_dict())))
+    assert config_changes(r, resolved_config(again)) == []
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_run_config(tmp_path).model.l2 is None                 # old run directories still load
+    assert config_changes(load_run_resolved(tmp_path), r) == []
+
+
+def test_progress_bar_setting():
+    import io
+    import sys
+
+    from faceage.training.callbacks import progress_bar_enabled
+    assert load_config(None).train.progress_bar == "auto"
+    for v in ("auto", "true", "false"):
+        load_config(None, [f"train.progress_bar={v}"])
+    with pytest.raises(ConfigError, match="train.progress_bar.*auto"):
+        load_config(None, ["train.progress_bar=sometimes"])
+    saved = sys.stdout
+    try:
+        sys.stdout = io.StringIO()           # a pipe, a log file, a notebook: no bar unless forced
+        assert not progress_bar_enabled("auto") and progress_bar_enabled(True) and not progress_bar_enabled(False)
+    finally:
+        sys.stdout = saved
+
+
+def test_progress_bar_counts_epochs_from_one():
+    """The bar says "Epoch 22/30" in the epoch whose line says "Epoch 22/30" (Lightning's: "Epoch 21")."""
+    import io
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from faceage.training.callbacks import EpochProgressBar, keras_line
+    bar = EpochProgressBar()
+    trainer = SimpleNamespace(current_epoch=21, max_epochs=30, num_training_batches=5, max_steps=-1, global_step=0)
+    bar._trainer = trainer
+    bar.train_progress_bar = tqdm(total=5, file=io.StringIO())
+    bar.on_train_epoch_start(trainer)
+    assert bar.train_progress_bar.desc.startswith("Epoch 22/30")
+    assert keras_line({"epoch": 22, "seconds": 1.0, "lr": 0.1, "loss": 1.0}, 30).startswith("Epoch 22/30 ")
+
+
+def test_train_epochs_flag_is_train_epochs(monkeypatch, tmp_path):
+    import faceage.training.fit as fit
+    from faceage import cli
+    seen = {}
+
+    def fake_train(cfg, out, **kw):
+        seen.update(cfg=cfg, out=out, **kw)
+        raise SystemExit(0)
+    monkeypatch.setattr(fit, "train", fake_train)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--resume", str(tmp_path), "--epochs", "7"])
+    assert seen["resume"] and seen["overrides"] == ["train.epochs=7"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config", "keras-baseline-28", "--epochs", "3", "--out", str(tmp_path / "r")])
+    assert seen["cfg"].train.epochs == 3
+
+
+def test_dotted_override_changes_one_entry_of_a_mapping():
+    # `model.tasks.gender=8` re-weights gender and keeps the recipe's age task; a written mapping replaces.
+    assert load_config("dlib-resnet29", ["model.tasks.gender=8"]).model.tasks == {"age_dist": 1.0, "gender": 8.0}
+    replaced = load_config("dlib-resnet29", ["model.tasks={gender: 8}", "train.monitor=val_loss"])
+    assert replaced.model.tasks == {"gender": 8.0}

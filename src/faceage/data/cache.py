@@ -7,12 +7,23 @@ using the same spec; changed bytes or a different spec (size, channels, crop, de
 simply miss. Chunks are written to a temporary name and renamed, so a killed build never
 leaves a corrupt chunk: the next run decodes only what is still missing. The temporary
 (``.<chunk>.p<pid>.u8.tmp``) of a killed build is removed when the cache is next opened.
+
+Several processes may build the same cache at once (the processes of a DDP run, the nodes of a
+cluster sharing ``FACEAGE_CACHE`` on a network file system, two runs started side by side).
+Builders take an exclusive lock on ``<cache_dir>/<spec key>/.build.lock`` (``flock``; the
+kernel drops it when its holder dies, even by SIGKILL), re-read the index, and decode only what
+is still missing: the first builder decodes, the others wait and then find every row. Where the
+file system has no locks the builders decode side by side; that only costs time: each writes
+its own chunk under a fresh name and publishes it by rename, rows are immutable once published,
+and the index takes every digest's first complete row, so no row is lost or torn either way.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +31,49 @@ import numpy as np
 from ..atomic import atomic_write_text, owner_tag, remove_stale
 from ..preprocess import ImageDecodeError, PreprocessSpec, load_image
 from .manifest import Sample, SkipReport
+from .rows import load_sample
+
+
+try:
+    import fcntl
+except ImportError:          # not POSIX: builders decode side by side (still safe, see above)
+    fcntl = None
+
+LOCK_NAME = ".build.lock"
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FACEAGE_CACHE", Path.home() / ".cache" / "faceage"))
+
+
+@contextmanager
+def build_lock(folder: Path, wait: bool = True, on_wait=None):
+    """Hold the exclusive build lock of a cache folder. Yields True when held, None when another
+    process holds it and ``wait`` is false, and False where the file system has no locks (the
+    caller goes on unlocked: chunks are published atomically, so this only duplicates work).
+    ``on_wait()`` is called once before blocking behind another builder."""
+    if fcntl is None:
+        yield False
+        return
+    try:
+        fh = open(folder / LOCK_NAME, "a+b")
+    except OSError:
+        yield False
+        return
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = None
+            if wait:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                held = True
+        except OSError:       # ENOLCK and the like: a file system without (working) locks
+            held = False
+        yield held            # closing the file releases the lock
 
 
 class ImageCache:
@@ -35,9 +85,15 @@ class ImageCache:
         self._index: dict[str, tuple[str, int]] = {}
         self._arrays: dict[str, np.ndarray] = {}
         # Debris of killed builds: tagged with a process that is gone (or, untagged from older
-        # versions, an hour old). Other live processes' builds are left alone.
-        remove_stale(self.dir.glob(".*.u8.tmp"))
+        # versions, an hour old). Only while no one is building (the lock is free): on a shared
+        # file system a temporary's process may be alive on another machine.
+        with build_lock(self.dir, wait=False) as held:
+            if held is not None:
+                self._remove_debris()
         self._scan()
+
+    def _remove_debris(self) -> None:
+        remove_stale([*self.dir.glob(".*.u8.tmp"), *self.dir.glob(".*.json.*.tmp")])
 
     def _scan(self) -> None:
         for meta_path in sorted(self.dir.glob("*.json")):
@@ -71,8 +127,18 @@ class ImageCache:
 
     def build(self, samples: list[Sample], report: SkipReport, progress=None) -> list[Sample]:
         """Decode what is not cached yet; return the samples that are now usable."""
-        todo = self.missing(samples)
         failed: set[str] = set()
+        if not self.missing(samples):
+            return [s for s in samples if s.digest in self._index]
+        with build_lock(self.dir, on_wait=lambda: progress and print(
+                f"waiting for another process that is decoding images into {self.dir}", file=sys.stderr, flush=True)) as held:
+            if held:
+                self._remove_debris()
+                self._scan()              # what the builders before us added
+            self._decode(self.missing(samples), report, failed, progress)
+        return [s for s in samples if s.digest not in failed and s.digest in self._index]
+
+    def _decode(self, todo: list[Sample], report: SkipReport, failed: set[str], progress) -> None:
         if todo:
             chunk = uuid.uuid4().hex[:12]
             tmp_data = self.dir / f".{chunk}.{owner_tag()}.u8.tmp"
@@ -80,7 +146,8 @@ class ImageCache:
             digests = []
             for i, s in enumerate(todo):
                 try:
-                    mm[len(digests)] = load_image(s.path, self.spec)
+                    # A file, or a table row's bytes or array (rows.load_sample: the same framing)
+                    mm[len(digests)] = load_image(s.path, self.spec) if s.data is None else load_sample(s, self.spec)
                     digests.append(s.digest)
                 except ImageDecodeError as exc:
                     report.add(exc.reason, s.path, exc.detail)
@@ -99,7 +166,6 @@ class ImageCache:
                     self._index[d] = (chunk, row)
             else:
                 tmp_data.unlink(missing_ok=True)
-        return [s for s in samples if s.digest not in failed and s.digest in self._index]
 
     def gather(self, digests: list[str]) -> np.ndarray:
         """Stack cached rows into a ``(B, H, W, C)`` uint8 array."""

@@ -17,7 +17,7 @@ from ..errors import DataError
 from ..labels import age_to_bin
 from ..preprocess import PreprocessSpec
 from .cache import ImageCache
-from .manifest import MISSING, Manifest, Sample, SkipReport
+from .manifest import MISSING, Manifest, NoUsableImageError, Sample, SkipReport
 from .readers import read_dataset
 from .split import apply_split, load_split, make_split, stratified_subset
 
@@ -63,22 +63,48 @@ class EpochShuffle(Sampler[int]):
     """A seeded permutation per epoch, so a resumed run sees the same order as an unbroken one.
 
     With ``weights`` (one per sample) the epoch is instead ``n`` draws with replacement in
-    proportion to them: age-balanced sampling (see :func:`age_balance_weights`)."""
+    proportion to them: age-balanced sampling (see :func:`age_balance_weights`).
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+    In a DDP run (``world_size`` > 1) every rank computes the same epoch order, cuts it to a
+    multiple of ``world_size`` and takes every ``world_size``-th item from offset ``rank``: the
+    ranks' shards are disjoint (no image twice in an epoch) and equally long (the same number
+    of batches, which DDP needs). The at most ``world_size - 1`` left-out images change from
+    epoch to epoch."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.epoch, self.weights = n, seed, 0, weights
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.world_size == 1 else self.n // self.world_size
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         if self.weights is not None:
-            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.world_size > 1:
+            order = order[: len(self) * self.world_size][self.rank::self.world_size]
+        return iter(order)
+
+
+class RankShard(Sampler[int]):
+    """Validation/test in a DDP run: every ``world_size``-th image from offset ``rank``, in order.
+    Every image is evaluated exactly once (shards differ by at most one image; the metrics are
+    sums over ranks, so uneven shards do not bias them)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
 
 
 def age_balance_weights(ages: list[float], power: float, band: int = 5) -> torch.Tensor:
@@ -91,8 +117,13 @@ def age_balance_weights(ages: list[float], power: float, band: int = 5) -> torch
 
 
 def _progress(done: int, total: int) -> None:
-    if done == total or done % 500 == 0:
-        print(f"\rdecoding images into cache: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    # On a terminal one line counts up in place; a pipe or log file gets whole lines, no \r.
+    if sys.stderr.isatty():
+        if done == total or done % 500 == 0:
+            print(f"\rdecoding images into cache: {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+    elif done == total or done % 5000 == 0:
+        print(f"decoding images into cache: {done}/{total}", file=sys.stderr, flush=True)
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -109,14 +140,17 @@ class FaceDataModule(L.LightningDataModule):
         if self._prepared:
             return
         d = self.cfg.data
-        manifest, report = read_dataset(self.data_path, d.cache_dir)
+        try:
+            manifest, report = read_dataset(self.data_path, d.cache_dir, y_is=d.y_is)
+        except NoUsableImageError as exc:
+            raise self._saved(exc)
         cache = ImageCache(self.spec, d.cache_dir)
         samples = manifest.samples
         if d.limit:
             samples = stratified_subset(samples, d.limit, d.split_seed)
         samples = cache.build(samples, report, progress=_progress if verbose else None)
         if not samples:
-            raise DataError(f"no usable image in {self.data_path} ({len(report)} file(s) skipped)")
+            raise self._saved(NoUsableImageError(self.data_path, report))
         assignment = load_split(d.split_file) if d.split_file else make_split(samples, d.split, d.split_seed)
         self.parts, unassigned = apply_split(samples, assignment)
         if unassigned and verbose:
@@ -131,21 +165,45 @@ class FaceDataModule(L.LightningDataModule):
             print(f"data: {len(samples)} usable images (train {n['train']}, val {n['val']}, test {n['test']}); "
                   + report.summary().replace("\n", "\n      "), file=sys.stderr)
 
+    def _saved(self, exc: NoUsableImageError) -> NoUsableImageError:
+        """Nothing usable: the run directory still gets its skipped.json, and the message names it."""
+        if self.run_dir is not None and Path(self.run_dir).is_dir():
+            exc.save(Path(self.run_dir) / "skipped.json")
+        return exc
+
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
     def dataset(self, part: str) -> CachedFaces:
         return CachedFaces(self.parts[part], self.cache, self.cfg.model.age_bins)
 
+    def _ranks(self) -> tuple[int, int]:
+        """(global rank, world size) of the trainer this data module serves; (0, 1) outside one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(part)
+        rank, world = self._ranks()
+        if world > 1 and len(ds) < world:
+            raise DataError(f"the {part} split has {len(ds)} image(s), fewer than the {world} training processes "
+                            "(train.devices x train.num_nodes): use more images or fewer processes")
         if shuffle:
             power = self.cfg.data.age_balance
             weights = age_balance_weights([smp.age for smp in self.parts[part]], power) if power > 0 else None
-            self.train_sampler = EpochShuffle(len(ds), self.cfg.train.seed, weights)
+            self.train_sampler = EpochShuffle(len(ds), self.cfg.train.seed, weights, rank=rank, world_size=world)
             sampler = self.train_sampler
         else:
-            sampler = None
+            sampler = RankShard(len(ds), rank, world) if world > 1 else None
+        import os
+
+        from ..training.distributed import SAMPLE_LOG_ENV, LoggedSampler
+        if os.environ.get(SAMPLE_LOG_ENV):
+            from torch.utils.data import SequentialSampler
+            sampler = LoggedSampler(sampler if sampler is not None else SequentialSampler(range(len(ds))),
+                                    [smp.key for smp in self.parts[part]], os.environ[SAMPLE_LOG_ENV], part, rank)
         return DataLoader(ds, batch_size=self.cfg.data.batch_size, sampler=sampler, shuffle=False,
                           collate_fn=_identity, num_workers=self.cfg.data.num_workers,
                           persistent_workers=self.cfg.data.num_workers > 0)

@@ -5,27 +5,37 @@ import csv
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from ..errors import DataError
 
 MISSING = -1  # label value for "not labelled" (masked out of losses and metrics)
 
 
 @dataclass
 class Sample:
-    path: str                 # absolute path of the image file
+    path: str                 # absolute path of the image file (table rows: "FILE:row", for messages)
     key: str                  # path relative to the dataset root: stable across machines, used in splits
-    digest: str               # hash of the file's bytes: identifies it in the decode cache
+    digest: str               # hash of the image's bytes: identifies it in the decode cache
     age: float | None = None
     gender: int = MISSING     # 0 male, 1 female
     race: int = MISSING       # 0..4, see labels.RACES
     label: int = MISSING      # class index for class-per-subfolder datasets
+    # The image itself when it has no file of its own (a row of a .npz, Parquet or Arrow table):
+    # encoded bytes or a NumPy array. None: read ``path``.
+    data: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def source(self):
+        """What to decode: the in-memory image, else the file."""
+        return self.path if self.data is None else self.data
 
 
 @dataclass
 class Manifest:
     root: str
-    kind: str                                  # utkface | csv | imagefolder
+    kind: str                                  # utkface | csv | imagefolder | npz | parquet | arrow
     samples: list[Sample]
     class_names: list[str] = field(default_factory=list)
 
@@ -58,7 +68,7 @@ class SkipReport:
         lines = [f"skipped {len(self)} file(s):"]
         for reason, items in sorted(self.by_reason.items()):
             lines.append(f"  {reason}: {len(items)}")
-            for path, detail in items[:examples]:
+            for path, detail in _examples(items, examples):
                 lines.append(f"    {os.path.basename(path)}" + (f"  ({detail})" if detail else ""))
         return "\n".join(lines)
 
@@ -70,12 +80,42 @@ class SkipReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
 
+def _examples(items: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:
+    """The first ``k`` items, those with a detail not shown yet first (five "gender '?'" must
+    not hide the one "gender 'W'")."""
+    seen, new, again = set(), [], []
+    for item in items:
+        (again if item[1] in seen else new).append(item)
+        seen.add(item[1])
+    return (new + again)[:k]
+
+
+class NoUsableImageError(DataError):
+    """Nothing usable in a dataset. The message says why, grouped by reason with examples;
+    :meth:`save` writes the full skip report and names it in the message."""
+
+    def __init__(self, where, report: SkipReport):
+        self.where, self.report, self.saved = str(where), report, None
+        super().__init__(self.where)
+
+    def save(self, path: str | Path) -> None:
+        self.report.write(path)
+        self.saved = str(path)
+
+    def __str__(self) -> str:
+        text = f"no usable image in {self.where} ({len(self.report)} file(s) skipped)"
+        if self.report:
+            text += "\n" + self.report.summary()
+        return text + (f"\nfull list of skipped files: {self.saved}" if self.saved else "")
+
+
 def write_manifest_csv(samples: list[Sample], path: str | Path) -> None:
     from ..atomic import atomic_write_text
     import io as _io
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(asdict(samples[0]).keys()) if samples else ["path"])
+    names = [f.name for f in fields(Sample) if f.name != "data"]
+    w = csv.DictWriter(buf, fieldnames=names)
     w.writeheader()
     for s in samples:
-        w.writerow(asdict(s))
+        w.writerow({n: getattr(s, n) for n in names})
     atomic_write_text(path, buf.getvalue())

@@ -1,16 +1,18 @@
-"""Dataset readers: a UTKFace folder or archive, a CSV manifest, or a class-per-subfolder folder.
+"""Dataset readers: a UTKFace folder or archive, a CSV manifest, or a class-per-subfolder folder
+(NumPy ``.npz`` arrays: ``arrays.py``; Parquet, Arrow and Hugging Face folders: ``tables.py``).
 
 Every reader yields a :class:`Manifest` of usable samples and a :class:`SkipReport`. Files are
 skipped, never fatal: malformed names, zero-byte files, ages outside 0-120, byte-identical
 duplicates (those labelled differently are reported as such) and (when ``verify=True`` or while
 building the decode cache) images that do not decode. Operating-system clutter (``__MACOSX/``,
 ``._*``, ``.DS_Store``, ``Thumbs.db``, hidden files) is ignored. No usable image at all is a
-:class:`DataError`.
+:class:`NoUsableImageError` whose message lists the reasons.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 import shutil
 import tarfile
@@ -19,8 +21,8 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DataError
-from ..labels import MAX_AGE, MIN_AGE
-from .manifest import MISSING, Manifest, Sample, SkipReport
+from ..labels import GENDERS, MAX_AGE, MIN_AGE, RACES
+from .manifest import MISSING, Manifest, NoUsableImageError, Sample, SkipReport
 
 # Archives are unpacked into the cache; these bound what one may write (a 1 MB zip can declare
 # a terabyte). Datasets of images barely compress, so a high ratio means something else.
@@ -67,7 +69,7 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES or name.endswith(".chip.jpg")
 
 
-def _age_ok(age: float, path: Path, report: SkipReport) -> bool:
+def _age_ok(age: float, path, report: SkipReport) -> bool:
     if not (MIN_AGE <= age <= MAX_AGE):
         report.add("age outside 0-120", str(path), f"age {age:g}")
         return False
@@ -91,15 +93,19 @@ class _Deduper:
         if path.stat().st_size == 0:
             self.report.add("empty file", str(path))
             return None
-        d = file_digest(path)
+        return self.keep(file_digest(path), path, labels)
+
+    def keep(self, d: str, path, labels: dict | None = None) -> str | None:
+        """``d`` if these bytes are new, else None (reported). ``path``: a file, or a table row's name."""
         if d in self.seen:
             first, first_labels = self.seen[d]
+            first = Path(str(first)).name
             if labels is not None and first_labels is not None and labels != first_labels:
                 self.report.add("duplicate file with different labels", str(path),
-                                f"same bytes as {first.name}, which is kept: {_describe(first_labels)} there, "
+                                f"same bytes as {first}, which is kept: {_describe(first_labels)} there, "
                                 f"{_describe(labels)} here")
             else:
-                self.report.add("duplicate file", str(path), f"same bytes as {first.name}")
+                self.report.add("duplicate file", str(path), f"same bytes as {first}")
             return None
         self.seen[d] = (path, labels)
         return d
@@ -125,15 +131,62 @@ def read_utkface(root: Path, report: SkipReport) -> Manifest:
     return Manifest(str(root), "utkface", samples)
 
 
-def _parse_int(text: str | None, lo: int, hi: int) -> int | None:
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+
+
+def _parse_int(text, lo: int, hi: int) -> int | None:
     """'' -> MISSING, valid int -> int, anything else -> None (invalid)."""
-    if text is None or text.strip() == "":
+    if _blank(text):
         return MISSING
     try:
-        v = int(float(text))
+        f = float(str(text))
     except ValueError:
         return None
-    return v if lo <= v <= hi else None
+    return int(f) if f.is_integer() and lo <= f <= hi else None       # 1.0 is 1; 0.5 is no class
+
+
+# 0 male, 1 female (labels.GENDERS, UTKFace's coding); spreadsheets and shared datasets spell them out.
+GENDER_WORDS = {"m": 0, "f": 1, **{g: i for i, g in enumerate(GENDERS)}}
+RACE_WORDS = {r.lower(): i for i, r in enumerate(RACES)}
+
+
+def parse_gender(value) -> int | None:
+    """0/1, M/F or male/female in any case -> 0 (male) or 1 (female); blank -> MISSING; else None."""
+    text = "" if _blank(value) else str(value).strip().lower()
+    return GENDER_WORDS[text] if text in GENDER_WORDS else _parse_int(text, 0, 1)
+
+
+def parse_race(value) -> int | None:
+    """0-4 or a name of labels.RACES in any case; blank -> MISSING; else None."""
+    text = "" if _blank(value) else str(value).strip().lower()
+    return RACE_WORDS[text] if text in RACE_WORDS else _parse_int(text, 0, len(RACES) - 1)
+
+
+def parse_labels(raw: dict, where, report: SkipReport, age_required: bool = False) -> dict | None:
+    """A row's raw age/gender/race/label values -> {"age", "gender", "race", "label"}, or None
+    when one is unusable (the reason goes in ``report`` under 'bad label' or the age's range)."""
+    age = raw.get("age")
+    if _blank(age) and not age_required:
+        age = None
+    else:
+        try:
+            age = float(str(age))
+        except ValueError:
+            report.add("bad label", str(where), f"age {age!r}")
+            return None
+        if not _age_ok(age, where, report):
+            return None
+    gender, race, label = parse_gender(raw.get("gender")), parse_race(raw.get("race")), _parse_int(raw.get("label"), 0, 2**31)
+    if gender is None:
+        report.add("bad label", str(where), f"gender {raw.get('gender')!r}: expected 0/1, M/F or male/female")
+    elif race is None:
+        report.add("bad label", str(where), f"race {raw.get('race')!r}: expected 0-4 or {', '.join(RACES)}")
+    elif label is None:
+        report.add("bad label", str(where), f"label {raw.get('label')!r}: expected a class index 0, 1, 2, ...")
+    else:
+        return {"age": age, "gender": gender, "race": race, "label": label}
+    return None
 
 
 def _csv_encoding(csv_path: Path) -> str:
@@ -174,17 +227,10 @@ def read_csv(csv_path: Path, report: SkipReport) -> Manifest:
             if not path.is_file():
                 report.add("missing file", str(path))
                 continue
-            try:
-                age = float(row["age"])
-            except ValueError:
-                report.add("bad label", str(path), f"age {row['age']!r}")
+            labels = parse_labels({k: row.get(k) for k in ("age", "gender", "race")}, path, report, age_required=True)
+            if labels is None:
                 continue
-            if not _age_ok(age, path, report):
-                continue
-            gender, race = _parse_int(row.get("gender"), 0, 1), _parse_int(row.get("race"), 0, 4)
-            if gender is None or race is None:
-                report.add("bad label", str(path), f"gender {row.get('gender')!r}, race {row.get('race')!r}")
-                continue
+            age, gender, race = labels["age"], labels["gender"], labels["race"]
             digest = dedupe.digest(path, {"age": age, "gender": gender, "race": race})
             if digest:
                 samples.append(Sample(str(path.resolve()), rel, digest, age, gender, race))
@@ -304,9 +350,12 @@ def detect_kind(root: Path) -> str:
     return "imagefolder" if subdirs and not top_images else "utkface"
 
 
-def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: str | None = None) -> tuple[Manifest, SkipReport]:
-    """Read any supported dataset source. Raises :class:`DataError` when nothing is usable."""
+def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: str | None = None,
+                 y_is: str | None = None) -> tuple[Manifest, SkipReport]:
+    """Read any supported dataset source. Raises :class:`NoUsableImageError` (a DataError) when
+    nothing is usable. ``y_is``: what a ``.npz``'s ``y`` holds (age, label, onehot; see arrays.py)."""
     from .cache import default_cache_dir
+    from .tables import hf_folder_files, read_tables
 
     src = Path(path).expanduser()
     if not src.exists():
@@ -316,32 +365,43 @@ def read_dataset(path: str | Path, cache_dir: str | Path | None = None, kind: st
         src = _archive_root(_extract_archive(src, Path(cache_dir or default_cache_dir())))
     if not src.is_file() and not src.is_dir():
         raise DataError(f"{src}: not a regular file or folder (a device, FIFO or socket)")
-    if src.is_file():
-        if src.suffix.lower() != ".csv":
-            raise DataError(f"{src}: expected a folder, a .csv manifest or a .tar.gz/.zip archive")
+    suffix = src.suffix.lower()
+    if src.is_file() and suffix == ".npz":
+        from .arrays import read_npz
+        manifest = read_npz(src, report, y_is)
+    elif src.is_file() and suffix in (".parquet", ".arrow"):
+        manifest = read_tables(src, [src], report)
+    elif src.is_file():
+        if suffix != ".csv":
+            raise DataError(f"{src}: expected a folder, a .csv manifest, a .npz, .parquet or .arrow file, "
+                            "or a .tar.gz/.zip archive")
         manifest = read_csv(src, report)
+    elif files := hf_folder_files(src):
+        manifest = read_tables(src, files, report)
     else:
         kind = kind or detect_kind(src)
         manifest = read_image_folder(src, report) if kind == "imagefolder" else read_utkface(src, report)
     if not manifest.samples:
-        raise DataError(f"no usable image in {path} ({len(report)} file(s) skipped)")
+        raise NoUsableImageError(path, report)
     return manifest, report
 
 
 def verify_images(manifest: Manifest, report: SkipReport) -> Manifest:
     """Decode every image and drop those that fail, by the check the training cache relies on
-    (:func:`faceage.preprocess.check_image`: the pixel limit, decoding, colour-mode conversion)."""
-    from ..preprocess import ImageDecodeError, check_image
+    (:func:`faceage.preprocess.check_image`: the pixel limit, decoding, colour-mode conversion;
+    for a table row's array, that it is an image: :func:`rows.check_sample`)."""
+    from ..preprocess import ImageDecodeError
+    from .rows import check_sample
 
     good = []
     for s in manifest.samples:
         try:
-            check_image(s.path)
+            check_sample(s)
         except ImageDecodeError as exc:
             report.add(exc.reason, s.path, exc.detail)
             continue
         good.append(s)
     manifest.samples = good
     if not good:
-        raise DataError(f"no usable image in {manifest.root} ({len(report)} file(s) skipped)")
+        raise NoUsableImageError(manifest.root, report)
     return manifest

@@ -116,6 +116,32 @@ def build_model(spec: ModelSpec) -> FaceNet:
     return net
 
 
+def model_signature(spec: ModelSpec) -> tuple:
+    """What training this spec would really build, for telling whether an option changes
+    anything: every module's type and plain attributes (widths, dropout rates, BatchNorm, a
+    head's L2 and label-distribution width), every parameter's shape and trainability, the
+    buffers' shapes, and the spec fields that live outside the modules (task weights,
+    preprocessing, age bins, TTA, the weights to load, when to unfreeze). Built on the meta
+    device: shapes only, no memory, no initialisation, no download."""
+    from dataclasses import replace
+    entry = get_entry(spec.name)
+    with torch.device("meta"):
+        net = build_model(replace(spec, pretrained=None))
+    plain = (int, float, str, bool, tuple, type(None))
+    modules = tuple((name, type(m).__name__,
+                     tuple(sorted((k, v) for k, v in vars(m).items()
+                                  if not k.startswith("_") and k != "training" and isinstance(v, plain))))
+                    for name, m in net.named_modules())
+    params = tuple((n, tuple(p.shape), p.requires_grad) for n, p in net.named_parameters())
+    buffers = tuple((n, tuple(b.shape)) for n, b in net.named_buffers())
+    frozen = any(not p.requires_grad for p in net.parameters())
+    outside = (tuple(sorted(spec.tasks.items())), spec.input_size, spec.channels, tuple(spec.mean), tuple(spec.std),
+               spec.crop, tuple(spec.age_bins), spec.tta,
+               spec.pretrained if entry.family != "reference" else None,   # the reference CNNs load no weights
+               spec.unfreeze_epoch if frozen else None)
+    return modules, params, buffers, outside
+
+
 def create_model(name: str, **options) -> FaceNet:
     """Build a zoo model; ``options`` are ModelSpec fields (e.g. ``tasks``, ``input_size``)."""
     return build_model(resolve(name, **options))

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
 from ..atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text
 from ..errors import ConfigError
@@ -55,6 +55,7 @@ class History(L.Callback):
             # tqdm.write keeps an active progress bar intact and puts the line on its own row.
             from tqdm import tqdm
             tqdm.write(keras_line(row, self.total_epochs), file=sys.stdout)
+            sys.stdout.flush()               # a log file or pipe gets each epoch as it ends
 
     def write(self) -> None:
         atomic_write_json(self.run_dir / "history.json", self.rows)
@@ -78,6 +79,36 @@ def keras_line(row: dict, total_epochs: int) -> str:
         v = row[k]
         parts.append(f"{k}: {v:.4f}" if math.isfinite(v) else f"{k}: {v}")
     return " - ".join(parts)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):       # closed, or a stand-in without isatty
+        return False
+
+
+def progress_bar_enabled(setting) -> bool:
+    """``train.progress_bar``: ``auto`` shows the bar only when stdout and stderr are both a
+    terminal, so a pipe, a log file or a notebook gets the per-epoch lines and no ``\\r`` debris;
+    ``true``/``false`` force it."""
+    if setting == "auto":
+        return _isatty(sys.stdout) and _isatty(sys.stderr)
+    return bool(setting)
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's bar, numbered as the per-epoch line (``Epoch 22/30``, from 1), not from 0."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        # Lightning's own, with the description set once (its "Epoch N-1" would flash first).
+        from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset()
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        self.train_progress_bar.initial = 0
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
 class UnfreezeAt(L.Callback):
@@ -152,6 +183,10 @@ class RunCheckpoint(Checkpoint):
         self.stopped = False             # early stopping ended the run at self.epoch
         self._rng: dict | None = None    # snapshot at the end of self.epoch
         self._restore_rng: dict | None = None
+        # DDP: every rank's snapshot (rank order), saved with rank 0's checkpoint; on resume each
+        # rank takes its own (training/distributed.py). None in a one-process run.
+        self._rng_ranks: list | None = None
+        self._loaded_rng_ranks: list | None = None
 
     @property
     def state_key(self) -> str:
@@ -166,14 +201,18 @@ class RunCheckpoint(Checkpoint):
         return self.run_dir / "best.ckpt"
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch, "stopped": self.stopped,
-                "monitor": self.monitor, "mode": self.mode, "rng": self._rng}
+        state = {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch, "stopped": self.stopped,
+                 "monitor": self.monitor, "mode": self.mode, "rng": self._rng}
+        if self._rng_ranks is not None:
+            state["rng_ranks"] = self._rng_ranks
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state.get("epoch", 0))
         self.best_score, self.best_epoch = state.get("best_score"), state.get("best_epoch")
         self.stopped = bool(state.get("stopped", False))
         self._rng = self._restore_rng = state.get("rng")
+        self._loaded_rng_ranks = state.get("rng_ranks")
 
     def _improved(self, score: float) -> bool:
         if not math.isfinite(score):
@@ -184,6 +223,10 @@ class RunCheckpoint(Checkpoint):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0 and self._restore_rng is not None:
+            if self._loaded_rng_ranks is not None:      # resumed DDP run: this rank's own state
+                from .distributed import rng_for_rank
+                self._restore_rng = rng_for_rank(trainer, self._restore_rng, self._loaded_rng_ranks)
+                self._loaded_rng_ranks = None
             set_rng_state(self._restore_rng)
             self._restore_rng = None
 
@@ -206,6 +249,8 @@ class RunCheckpoint(Checkpoint):
             self.best_score, self.best_epoch = score, epoch
         self.epoch, self.stopped = epoch, bool(trainer.should_stop)
         self._rng = rng_state()
+        from .distributed import gather_rng
+        self._rng_ranks = gather_rng(trainer, self._rng)
         trainer.save_checkpoint(self.last_path, weights_only=False)
         if trainer.is_global_zero:
             if improved:

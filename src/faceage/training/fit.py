@@ -67,7 +67,7 @@ def _finished_message(out: Path, state: dict, epochs: int) -> str:
     how = (f"stopped early at epoch {state['epoch']}" if state["stopped"]
            else f"{state['epoch']} of {epochs} epochs recorded")
     more = "" if state["stopped"] else (f"; to train it longer: faceage train --resume {out} "
-                                        f"train.epochs=N (N > {epochs})")
+                                        f"--epochs N (N > {epochs})")
     return f"{out} is already finished ({how}, best epoch {state['best_epoch']}): nothing to do{more}"
 
 
@@ -111,10 +111,19 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     validate_environment(cfg)
     spec = validate_model(cfg)
     t = cfg.train
+    # DDP: checked (and this process's rank known) before anything is written or started; only
+    # global rank 0 writes the run directory (see training/distributed.py).
+    from .distributed import plan
+    launch = plan(cfg)
+    rank0 = launch.is_global_zero
+    if not rank0:
+        from .distributed import silence_stdout
+        silence_stdout()               # rank 0 reports; the others' errors still reach stderr
+    quiet = quiet or not rank0
     net = None
     if not ("label" in spec.tasks and not spec.num_classes):
         net = _build(spec, t.seed)      # before anything is written: a model that cannot be built fails fast
-    if not resume:
+    if not resume and rank0:
         _prepare_run_dir(out, overwrite)
 
     import lightning as L
@@ -127,8 +136,9 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
 
     _quiet_lightning()
     # Temporaries of a killed run (atomic writes never finished) are removed, never read.
-    remove_stale([*out.glob(".*.tmp"), *(out / "curves").glob(".*.tmp")], unknown_age_s=0)
-    if resume and cfg.train.epochs > planned:
+    if rank0:
+        remove_stale([*out.glob(".*.tmp"), *(out / "curves").glob(".*.tmp")], unknown_age_s=0)
+    if resume and cfg.train.epochs > planned and rank0:
         print(f"extending {out} from {planned} to {cfg.train.epochs} epochs", file=sys.stderr)
         saved = read_yaml(out / "config.yaml")
         saved.setdefault("train", {})["epochs"] = cfg.train.epochs     # the only change: a later plain --resume goes on
@@ -136,7 +146,7 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
         (out / "run.json").unlink(missing_ok=True)     # rewritten when the longer run ends
     cfg.data.path = data or cfg.data.path or default_data_path()
 
-    dm = FaceDataModule(cfg, spec.preprocess(), cfg.data.path, run_dir=out)
+    dm = FaceDataModule(cfg, spec.preprocess(), cfg.data.path, run_dir=out if rank0 else None)
     dm.prepare(verbose=not quiet)
     if "label" in spec.tasks and not spec.num_classes:
         spec.num_classes = len(dm.manifest.class_names)
@@ -147,11 +157,12 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
         net = _build(spec, t.seed)
 
     from ..data.split import save_split
-    if not resume:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if not resume or not (out / "split.csv").is_file():    # a run killed before writing them
+    if not resume and rank0:
+        from .resolve import resolved_config      # every value used: the model's defaults filled in
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_config(cfg, spec).to_dict(), sort_keys=False))
+    if rank0 and (not resume or not (out / "split.csv").is_file()):    # a run killed before writing them
         save_split(dm.assignment, out / "split.csv")
-    if not resume or not (out / "skipped.json").is_file():
+    if rank0 and (not resume or not (out / "skipped.json").is_file()):
         dm.report.write(out / "skipped.json")
 
     module = FaceAgeModule(net, cfg, extra_checkpoint={"class_names": dm.manifest.class_names, "dataset": cfg.data.path})
@@ -167,9 +178,13 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
         callbacks.append(UnfreezeAt(spec.unfreeze_epoch))
     if armed():
         callbacks.append(FaultInjection())
-    if t.progress_bar and not quiet:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-        callbacks.append(TQDMProgressBar(leave=False))
+    if launch.distributed:
+        from .distributed import rank_callback
+        callbacks.append(rank_callback(t.seed))
+    from .callbacks import EpochProgressBar, progress_bar_enabled
+    show_bar = progress_bar_enabled(t.progress_bar) and not quiet      # auto: only on a terminal
+    if show_bar:
+        callbacks.append(EpochProgressBar(leave=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     # Early stopping's decision is not part of Lightning's loop state: a run that stopped (and
     # was killed before its summary) must not train on when resumed.
@@ -177,26 +192,35 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     try:
         trainer = L.Trainer(
             max_epochs=max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-            precision=t.precision, callbacks=callbacks, logger=False, enable_progress_bar=t.progress_bar and not quiet,
+            precision=t.precision, callbacks=callbacks, logger=False, enable_progress_bar=show_bar,
             enable_model_summary=False, plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
             default_root_dir=str(out), log_every_n_steps=10,
+            use_distributed_sampler=False,       # the data module shards every epoch itself
         )
     except (MisconfigurationException, ValueError, RuntimeError, ModuleNotFoundError) as exc:
         raise ConfigError(f"train.accelerator={t.accelerator}, devices={t.devices}, precision={t.precision}, "
                           f"strategy={t.strategy}, num_nodes={t.num_nodes} cannot run here: "
                           f"{str(exc).splitlines()[0][:300]}") from None
+    if (trainer.global_rank, trainer.world_size) != (launch.global_rank, launch.world_size):
+        raise FaceageError(f"internal error: rank {trainer.global_rank} of {trainer.world_size} differs from the "
+                           f"planned {launch.global_rank} of {launch.world_size}")
     ckpt_path = None
     if resume:
         if state:
             ckpt_path = str(last)
-            _repair(out, state, history)
-            if state["stopped"] or state["epoch"] >= t.epochs:
+            if rank0:
+                _repair(out, state, history)
+            else:
+                history.rows = list(state["rows"])
+            if not rank0:
+                pass
+            elif state["stopped"] or state["epoch"] >= t.epochs:
                 how = f"stopped early at epoch {state['epoch']}" if state["stopped"] else f"all {state['epoch']} epochs are recorded"
                 print(f"{out}: {how}; writing the run summary", file=sys.stderr)
             else:
                 print(f"resuming {out} at epoch {state['epoch'] + 1} of {t.epochs} (last.ckpt holds epochs 1-"
                       f"{state['epoch']})", file=sys.stderr)
-        else:
+        elif rank0:
             print(f"note: {out} has no last.ckpt yet; starting its first epoch again", file=sys.stderr)
     start = time.perf_counter()
     try:
@@ -209,7 +233,8 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
 
     rows = history.rows
     from ..evaluation.plots import best_epoch, learning_curves
-    learning_curves(rows, out / "curves", t.monitor, t.monitor_mode)
+    if rank0:
+        learning_curves(rows, out / "curves", t.monitor, t.monitor_mode)
     best = checkpoint.best_epoch or best_epoch(rows, t.monitor, t.monitor_mode)
     final = "best.ckpt" if (not es.enabled or es.restore_best) else "last.ckpt"
     summary = {
@@ -224,6 +249,8 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     }
     if trainer.is_global_zero:
         atomic_write_json(out / "run.json", summary)
+    else:
+        summary["rank"] = trainer.global_rank      # never in run.json: tells callers rank 0 reports
     return summary
 
 

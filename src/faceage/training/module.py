@@ -33,6 +33,25 @@ def _task_metrics(spec) -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(m)
 
 
+class WeightedMean(torchmetrics.Metric):
+    """Sum of ``value * weight`` over sum of ``weight``; both sums are added up across the ranks of
+    a DDP run. (torchmetrics' MeanMetric drops the weights when NaN checks are disabled, and a NaN
+    loss must stay NaN here.)"""
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value.detach().float().reshape(()) * weight
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
 class FaceAgeModule(L.LightningModule):
     def __init__(self, net: FaceNet, cfg: Config, extra_checkpoint: dict | None = None):
         super().__init__()
@@ -44,6 +63,11 @@ class FaceAgeModule(L.LightningModule):
         self.augment = BatchAugment(cfg.augment)
         self.train_metrics = _task_metrics(net.spec)
         self.val_metrics = _task_metrics(net.spec).clone(prefix="val_")
+        # Epoch losses as weighted sums and counts (torchmetrics): summed over the ranks of a DDP
+        # run before dividing, so uneven validation shards give the whole set's mean (Lightning's
+        # own sync_dist mean divides an integer sample count by the number of ranks).
+        names = ["loss"] + [f"{task}_loss" for task in net.spec.tasks]
+        self.loss_means = torch.nn.ModuleDict({f"{prefix}{name}": WeightedMean() for prefix in ("", "val_") for name in names})
         # ReduceLROnPlateau is stepped here, not by Lightning: Lightning steps epoch schedulers
         # after the epoch-end checkpoint is written, so a resumed run would miss that step.
         self._plateau = None
@@ -83,12 +107,18 @@ class FaceAgeModule(L.LightningModule):
         self._update_metrics(metrics, record, batch)
         prefix = "" if train else "val_"
         bs = batch["image"].shape[0]
-        self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=not train)
+        self._log_mean(f"{prefix}loss", loss, bs)
         if len(parts) > 1:
             for task, v in parts.items():
-                self.log(f"{prefix}{task}_loss", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=not train)
+                self._log_mean(f"{prefix}{task}_loss", v, bs)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=bs)
         return loss
+
+    def _log_mean(self, name: str, value: torch.Tensor, bs: int) -> None:
+        """The epoch's batch-size-weighted mean of ``value``, over every rank of a DDP run."""
+        mean = self.loss_means[name]
+        mean.update(value, bs)
+        self.log(name, mean, on_step=False, on_epoch=True, batch_size=bs)
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, train=True)

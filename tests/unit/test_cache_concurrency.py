@@ -1,0 +1,155 @@
+"""Two processes building the same decode cache at once (the ranks of a DDP run, the nodes of a
+cluster sharing FACEAGE_CACHE): no row is lost or torn, every row equals a fresh decode, and with
+the build lock the images are decoded once. Without locks (a file system that has none) the
+builders duplicate work but the cache is still right."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_utk
+
+from faceage.data.cache import ImageCache
+from faceage.data.manifest import SkipReport
+from faceage.data.readers import read_dataset
+from faceage.preprocess import PreprocessSpec, load_image
+
+SPEC = dict(size=64, channels=3)
+N = 240
+
+BUILDER = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    import faceage.data.cache as C
+    from faceage.data.manifest import SkipReport
+    from faceage.data.readers import read_dataset
+    from faceage.preprocess import PreprocessSpec
+    data, cache_dir, go, ready, lock = sys.argv[1:6]
+    if lock == "nolock":
+        C.fcntl = None                       # as on a file system without locks
+    manifest, _ = read_dataset(data, cache_dir)
+    cache = C.ImageCache(PreprocessSpec(size=64, channels=3), cache_dir)
+    Path(ready).touch()
+    while not Path(go).exists():             # both start decoding at the same moment
+        time.sleep(0.005)
+    usable = cache.build(manifest.samples, SkipReport())
+    print(json.dumps({"usable": len(usable)}))
+""")
+
+
+@pytest.fixture
+def faces(tmp_path) -> Path:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(N):
+        write_utk(folder, age=(i * 7) % 90 + 1, gender=i % 2, race=i % 5, seed=1000 + i)
+    return folder
+
+
+def race(faces: Path, cache_dir: Path, tmp_path: Path, lock: str, n: int = 2) -> list[dict]:
+    script = tmp_path / "builder.py"
+    script.write_text(BUILDER)
+    go = tmp_path / f"go-{lock}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    procs, readies = [], []
+    try:
+        for i in range(n):
+            ready = tmp_path / f"ready-{lock}-{i}"
+            readies.append(ready)
+            procs.append(subprocess.Popen([sys.executable, str(script), str(faces), str(cache_dir), str(go), str(ready), lock],
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in readies):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+            time.sleep(0.01)
+        go.touch()
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def check_rows(faces: Path, cache_dir: Path) -> dict[str, int]:
+    """Every image's row equals a fresh decode; returns how many rows each digest has on disk."""
+    spec = PreprocessSpec(**SPEC)
+    manifest, _ = read_dataset(faces, cache_dir)
+    cache = ImageCache(spec, cache_dir)
+    assert not cache.missing(manifest.samples)
+    assert len(cache.build(manifest.samples, SkipReport())) == N
+    rows = cache.gather([s.digest for s in manifest.samples])
+    for s, row in zip(manifest.samples, rows):
+        assert np.array_equal(row, load_image(s.path, spec)), s.path
+    counts: dict[str, int] = {}
+    for meta in cache.dir.glob("*.json"):
+        digests = json.loads(meta.read_text())["digests"]
+        data = cache.dir / f"{meta.stem}.u8"
+        assert data.stat().st_size == len(digests) * 64 * 64 * 3         # no torn chunk
+        for d in digests:
+            counts[d] = counts.get(d, 0) + 1
+    assert not list(cache.dir.glob(".*.tmp"))                            # no temporaries left
+    return counts
+
+
+def test_racing_builders_decode_once_and_every_row_is_right(faces, tmp_path):
+    cache_dir = tmp_path / "cache"
+    results = race(faces, cache_dir, tmp_path, "lock")
+    assert [r["usable"] for r in results] == [N, N]
+    counts = check_rows(faces, cache_dir)
+    assert len(counts) == N and set(counts.values()) == {1}             # decoded once, by one of them
+
+
+def test_racing_builders_without_locks_lose_nothing(faces, tmp_path):
+    cache_dir = tmp_path / "cache"
+    results = race(faces, cache_dir, tmp_path, "nolock")
+    assert [r["usable"] for r in results] == [N, N]
+    counts = check_rows(faces, cache_dir)
+    # both decoded everything (their indexes were read before either wrote): a real race, and
+    # the duplicated rows are harmless
+    assert len(counts) == N and sum(counts.values()) == 2 * N
+
+
+def test_a_killed_builder_does_not_block_the_next(faces, tmp_path):
+    """The lock dies with its holder (SIGKILL included); its half-written chunk is removed."""
+    cache_dir = tmp_path / "cache"
+    spec = PreprocessSpec(**SPEC)
+    folder = ImageCache(spec, cache_dir).dir
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, sys, time
+        from pathlib import Path
+        fh = open({str(folder / '.build.lock')!r}, 'a+b')
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        Path({str(folder)!r}, '.deadbeef.p' + str(__import__('os').getpid()) + '.u8.tmp').write_bytes(b'x' * 10)
+        print('locked', flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        manifest, _ = read_dataset(faces, cache_dir)
+        assert len(ImageCache(spec, cache_dir).build(manifest.samples, SkipReport())) == N
+        assert not list(folder.glob(".*.tmp"))
+    finally:
+        try:
+            os.killpg(holder.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    check_rows(faces, cache_dir)
