@@ -433,7 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import FaceageError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may sit anywhere among the options (`train --config X a.b=1 --epochs 2 c.d=3`):
+    # argparse takes one contiguous run of positionals, so later key=value words come back unknown.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if stray or (unknown and not hasattr(args, "overrides")):
+        parser.parse_args(argv)           # argparse's own message and exit 2
+    if unknown:
+        args.overrides = list(args.overrides) + unknown
     try:
         return args.func(args)
     except FaceageError as exc:

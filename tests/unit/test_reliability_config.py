@@ -187,3 +187,15 @@ def test_onnx_with_nan_weights_is_refused(tmp_path):
     shutil.copy(src.with_suffix(".json"), tmp_path / "m.json")
     with pytest.raises(CheckpointError, match="non-finite"):
         OnnxRunner(tmp_path / "m.onnx")
+
+
+def test_overrides_may_sit_among_the_options(monkeypatch, capsys):
+    # `train --config X a=1 --epochs 2 b=2`: argparse leaves `b=2` unparsed; it is an override too.
+    import faceage.cli as cli
+    seen = {}
+    monkeypatch.setattr(cli, "_cmd_train", lambda args: seen.update(overrides=args.overrides, epochs=args.epochs) or 0)
+    assert cli.main(["train", "--config", "demo", "model.l2=0.01", "--epochs", "2", "optim.lr=0.01"]) == 0
+    assert seen["overrides"] == ["model.l2=0.01", "optim.lr=0.01"] and seen["epochs"] == 2
+    with pytest.raises(SystemExit) as exc:                     # anything else is still argparse's error
+        cli.main(["train", "--config", "demo", "model.l2=0.01", "--bogus", "1"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
