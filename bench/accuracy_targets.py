@@ -8,7 +8,10 @@ with a monotone age calibration fitted on the validation split (the inverse of t
 prediction per true-age band).
 
     .venv/bin/python bench/accuracy_targets.py MODEL [MODEL ...] [--split bench/utkface_split.csv]
-        [--calibrate] [--json OUT]
+        [--calibrate] [--ensemble] [--json OUT]
+
+``--ensemble`` also scores the mean of all the models' flip-averaged outputs (what distilling
+them into one student could at best approach).
 
 MODEL: a run directory, .ckpt or .onnx. Images are the original UTKFace JPEGs.
 """
@@ -82,12 +85,13 @@ def main() -> None:
     ap.add_argument("--data", default=default_data_path())
     ap.add_argument("--split", default="bench/utkface_split.csv")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--ensemble", action="store_true", help="also score the mean of all models (flip-averaged)")
     ap.add_argument("--json")
     a = ap.parse_args()
     manifest, _ = read_dataset(a.data)
     split = load_split(a.split)
     parts = {p: [s for s in manifest.samples if split.get(s.key) == p] for p in ("val", "test")}
-    report = {}
+    report, members = {}, []
     for model in a.models:
         runner = load_runner(model)
         spec = runner.preprocess
@@ -99,6 +103,7 @@ def main() -> None:
                           out, out_flip)
         ta, tg, out, out_flip = rows["test"]
         tta, tta_flip = flip_average(out, out_flip), flip_average(out_flip, out)
+        members.append((tta, tta_flip))
         variants = {"plain": score(ta, tg, out, out_flip), "flip-TTA": score(ta, tg, tta, tta_flip)}
         if a.calibrate:
             va, _, vout, vflip = rows["val"]
@@ -107,17 +112,26 @@ def main() -> None:
                 cal = calibration(vo, va)
                 variants[name] = score(ta, tg, o, of, age=cal(o["age"]))
         report[model] = variants
-        for name, r in variants.items():
-            fails = [k for k, ok in r["pass"].items() if not ok]
-            print(f"{model} [{name}] n={r['n']}: MAE {r['mae']:.3f}  CS@5 {r['cs5']:.1%}  gender {r['gender_acc']:.2%}  "
-                  f"MAE60+ {r['mae_60plus']:.2f}  cover90 {r['coverage90']:.1%}  mirror median {r['mirror_median']:.2f} "
-                  f"p95 {r['mirror_p95']:.2f} gender-agree {r['mirror_gender_agree']:.1%}")
-            print("    signed error by band: " + "  ".join(f"{k} {v:+.2f}" for k, v in r["signed_error"].items()))
-            print("    MAE by band:          " + "  ".join(f"{k} {v:.2f}" for k, v in r["mae_by_band"].items()))
-            print(f"    targets missed: {', '.join(fails) if fails else 'none'}")
+        print_variants(model, variants)
+    if a.ensemble and len(members) > 1:
+        mean = [{k: np.mean([m[i][k] for m in members], axis=0) for k in members[0][0]} for i in (0, 1)]
+        name = "ensemble(" + ", ".join(a.models) + ")"
+        report[name] = {"flip-TTA": score(ta, tg, mean[0], mean[1])}
+        print_variants(name, report[name])
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def print_variants(model: str, variants: dict) -> None:
+    for name, r in variants.items():
+        fails = [k for k, ok in r["pass"].items() if not ok]
+        print(f"{model} [{name}] n={r['n']}: MAE {r['mae']:.3f}  CS@5 {r['cs5']:.1%}  gender {r['gender_acc']:.2%}  "
+              f"MAE60+ {r['mae_60plus']:.2f}  cover90 {r['coverage90']:.1%}  mirror median {r['mirror_median']:.2f} "
+              f"p95 {r['mirror_p95']:.2f} gender-agree {r['mirror_gender_agree']:.1%}")
+        print("    signed error by band: " + "  ".join(f"{k} {v:+.2f}" for k, v in r["signed_error"].items()))
+        print("    MAE by band:          " + "  ".join(f"{k} {v:.2f}" for k, v in r["mae_by_band"].items()))
+        print(f"    targets missed: {', '.join(fails) if fails else 'none'}")
 
 
 if __name__ == "__main__":
