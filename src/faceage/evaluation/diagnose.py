@@ -594,7 +594,9 @@ def remedies(verdict: str, qualifiers: list[str], ev: dict, name: str, *, framew
                 fastai="learn.fit_one_cycle(n) (one-cycle schedule)")
     elif verdict == "still improving":
         more = max(2 * n, 10)
-        add("Train longer", f"validation {name} was still falling at the last epoch; give it more epochs",
+        add("Train longer", f"validation {name} was still falling at the last epoch; give it more epochs"
+            + (f" (a finished run goes on from where it stopped: faceage train --resume RUN --epochs {more})"
+               if fw == "faceage" else ""),
             f"train.epochs={more} train.early_stopping.enabled=true train.early_stopping.patience=10",
             keras=f"model.fit(..., epochs={more}, callbacks=[EarlyStopping(monitor=\"{mon}\", patience=10{kmax}, "
                   "restore_best_weights=True)])",
