@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, FaceageError
 
 
 def _cmd_data_inspect(args) -> int:
@@ -281,13 +281,27 @@ def _cmd_serve(args) -> int:
     return serve(settings)
 
 
+def _recorded_y_is(model: str) -> str | None:
+    """What a run trained with said its .npz's ``y`` holds (``data.y_is``), so evaluating the run
+    on the same arrays needs no flag."""
+    from .config import load_run_config
+    for run in (Path(model), Path(model).parent):
+        if (run / "config.yaml").is_file():
+            try:
+                return load_run_config(run).data.y_is
+            except FaceageError:
+                return None
+    return None
+
+
 def _cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate, format_report
     from .training.fit import default_data_path
 
     from .inference.predictor import DEFAULT_MODEL
-    m = evaluate(args.model or str(DEFAULT_MODEL), args.data or default_data_path(), split=args.split, json_path=args.json,
-                 split_file=args.split_file)
+    model = args.model or str(DEFAULT_MODEL)
+    m = evaluate(model, args.data or default_data_path(), split=args.split, json_path=args.json,
+                 split_file=args.split_file, y_is=args.y_is or _recorded_y_is(model))
     print(format_report(m))
     if args.json:
         print(f"metrics written to {args.json}")
@@ -425,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split (default test); a foreign folder is scored whole")
     ev.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
+    ev.add_argument("--y-is", choices=("age", "label", "onehot"),
+                    help="what a .npz's y holds (data.y_is; default: what the run trained with)")
     ev.add_argument("--json", metavar="FILE", help="write metrics as JSON (plots go beside it)")
     ev.set_defaults(func=_cmd_evaluate)
     return p

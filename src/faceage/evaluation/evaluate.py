@@ -29,14 +29,14 @@ def predict_samples(runner, cache: ImageCache, samples: list[Sample], batch_size
 
 
 def select_samples(loaded, data: str, split: str | None, cache_dir=None,
-                   split_file: str | None = None) -> tuple[list[Sample], SkipReport, str]:
+                   split_file: str | None = None, y_is: str | None = None) -> tuple[list[Sample], SkipReport, str]:
     """Which images to score.
 
     With ``split`` train/val/test and a ``split.csv`` beside the checkpoint that names images
     of ``data`` (or the given ``split_file``), that part of the split. A folder the split does not know (not the training
     set) is scored whole, as is ``split`` = "all".
     """
-    manifest, report = read_dataset(data, cache_dir)
+    manifest, report = read_dataset(data, cache_dir, y_is=y_is)
     assignment = model_split(loaded, split_file)
     if split in (None, "all") or assignment is None:
         return manifest.samples, report, "all usable images"
@@ -67,10 +67,11 @@ def model_split(loaded, split_file: str | None = None) -> dict[str, str] | None:
 
 
 def evaluate(model: str, data: str, split: str | None = "test", json_path: str | None = None,
-             plots_dir: str | None = None, cache_dir=None, quiet: bool = False, split_file: str | None = None) -> dict:
+             plots_dir: str | None = None, cache_dir=None, quiet: bool = False, split_file: str | None = None,
+             y_is: str | None = None) -> dict:
     loaded = load_runner(model)
     spec = loaded.spec
-    samples, report, scope = select_samples(loaded, data, split, cache_dir, split_file)
+    samples, report, scope = select_samples(loaded, data, split, cache_dir, split_file, y_is)
     cache = ImageCache(loaded.preprocess, cache_dir)
     samples = cache.build(samples, report)
     if not samples:
