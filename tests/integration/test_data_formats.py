@@ -97,6 +97,11 @@ def test_train_one_epoch(faces, tmp_path, name, overrides):
         assert keys == {f"x_train[{i}]" for i in range(len(files))}
     else:
         assert keys == {p.name for p in files}
+    # Evaluating the run on the same data needs no flag: it reads data.y_is from the run.
+    r = faceage("evaluate", "--model", run, "--data", out / name, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n_test = sum(1 for row in csv.DictReader(open(run / "split.csv", newline="")) if row["split"] == "test")
+    assert f"on {n_test} images (test split" in r.stdout and "MAE" in r.stdout
 
 
 def test_train_with_nothing_usable_lists_reasons_and_writes_the_report(faces, tmp_path):
@@ -113,8 +118,3 @@ def test_train_with_nothing_usable_lists_reasons_and_writes_the_report(faces, tm
     report = json.loads((run / "skipped.json").read_text())
     assert len(report["bad label"]) == len(files)
     assert str(run / "skipped.json") in r.stderr
-    # Evaluating the run on the same data needs no flag: it reads data.y_is from the run.
-    r = faceage("evaluate", "--model", run, "--data", out / name, cwd=REPO)
-    assert r.returncode == 0, r.stdout + r.stderr
-    n_test = sum(1 for row in csv.DictReader(open(run / "split.csv", newline="")) if row["split"] == "test")
-    assert f"on {n_test} images (test split" in r.stdout and "MAE" in r.stdout
