@@ -267,15 +267,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = Config()
     if path is not None:
         path = find_recipe(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not UTF-8 text: save the recipe as UTF-8") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...)")
-        _apply(cfg, resolve_paths(data, path))
+        _apply(cfg, resolve_paths(read_yaml(path), path))
     for text in overrides or []:
         _apply(cfg, parse_override(text))
     validate(cfg)

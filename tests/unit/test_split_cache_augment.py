@@ -60,8 +60,8 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
     folder.mkdir()
     paths = [write_utk(folder, 20 + i, 0, 0, seed=i) for i in range(5)]
     calls = []
-    real = cache_mod.load_image
-    monkeypatch.setattr(cache_mod, "load_image", lambda p, spec: calls.append(p) or real(p, spec))
+    real = cache_mod.load_sample
+    monkeypatch.setattr(cache_mod, "load_sample", lambda s, spec: calls.append(s.path) or real(s, spec))
     spec = PreprocessSpec(size=24, channels=3)
     manifest, _ = read_dataset(folder)
     ImageCache(spec, tmp_path / "c").build(manifest.samples, SkipReport())

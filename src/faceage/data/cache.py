@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text, owner_tag, remove_stale
-from ..preprocess import ImageDecodeError, PreprocessSpec, load_image
+from ..preprocess import ImageDecodeError, PreprocessSpec
 from .manifest import Sample, SkipReport
 from .rows import load_sample
 
@@ -146,8 +146,7 @@ class ImageCache:
             digests = []
             for i, s in enumerate(todo):
                 try:
-                    # A file, or a table row's bytes or array (rows.load_sample: the same framing)
-                    mm[len(digests)] = load_image(s.path, self.spec) if s.data is None else load_sample(s, self.spec)
+                    mm[len(digests)] = load_sample(s, self.spec)      # a file, or a table row's bytes or array
                     digests.append(s.digest)
                 except ImageDecodeError as exc:
                     report.add(exc.reason, s.path, exc.detail)

@@ -208,18 +208,16 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     if resume:
         if state:
             ckpt_path = str(last)
-            if rank0:
-                _repair(out, state, history)
-            else:
-                history.rows = list(state["rows"])
             if not rank0:
-                pass
-            elif state["stopped"] or state["epoch"] >= t.epochs:
-                how = f"stopped early at epoch {state['epoch']}" if state["stopped"] else f"all {state['epoch']} epochs are recorded"
-                print(f"{out}: {how}; writing the run summary", file=sys.stderr)
+                history.rows = list(state["rows"])
             else:
-                print(f"resuming {out} at epoch {state['epoch'] + 1} of {t.epochs} (last.ckpt holds epochs 1-"
-                      f"{state['epoch']})", file=sys.stderr)
+                _repair(out, state, history)
+                if state["stopped"] or state["epoch"] >= t.epochs:
+                    how = f"stopped early at epoch {state['epoch']}" if state["stopped"] else f"all {state['epoch']} epochs are recorded"
+                    print(f"{out}: {how}; writing the run summary", file=sys.stderr)
+                else:
+                    print(f"resuming {out} at epoch {state['epoch'] + 1} of {t.epochs} (last.ckpt holds epochs 1-"
+                          f"{state['epoch']})", file=sys.stderr)
         elif rank0:
             print(f"note: {out} has no last.ckpt yet; starting its first epoch again", file=sys.stderr)
     start = time.perf_counter()

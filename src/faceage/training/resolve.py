@@ -80,9 +80,7 @@ def config_changes(old: Config, new: Config, ignore=NOT_RESULTS) -> list[tuple[s
 
 
 def format_changes(changes, limit: int = 4) -> str:
-    def show(v):
-        return "unset" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-    parts = [f"{k} {show(a)} -> {show(b)}" for k, a, b in changes[:limit]]
+    parts = [f"{k} {_show(a)} -> {_show(b)}" for k, a, b in changes[:limit]]
     if len(changes) > limit:
         parts.append(f"and {len(changes) - limit} more")
     return ", ".join(parts)
