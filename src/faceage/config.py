@@ -79,6 +79,7 @@ class AugmentConfig:
     # Photo-to-chip gap: UTKFace chips are soft, low-resolution JPEGs; photos are sharp.
     blur: float = 0.0            # probability of a Gaussian blur (sigma up to 1.5 px at 128 px)
     downscale: float = 0.0       # probability of shrinking to 35-100% and scaling back up
+    jpeg: float = 0.0            # probability of re-encoding as JPEG at quality 20-90
 
 
 @dataclass
@@ -333,6 +334,7 @@ RANGES = [
     ("augment.contrast", _fraction, "a relative change in [0, 1]"),
     ("augment.blur", _fraction, "a probability in [0, 1]"),
     ("augment.downscale", _fraction, "a probability in [0, 1]"),
+    ("augment.jpeg", _fraction, "a probability in [0, 1]"),
     ("optim.lr", _positive, "a positive number, e.g. 0.001"),
     ("optim.weight_decay", _non_negative, "a non-negative number"),
     ("optim.momentum", _rate, "in [0, 1)"),
@@ -520,13 +522,19 @@ def validate_environment(cfg: Config) -> None:
             raise _bad("train.strategy", "auto or one of " + ", ".join(StrategyRegistry.available_strategies()), t.strategy)
 
 
+# Settings that change how a run is carried out, not what it computes: a resume may set them.
+RESUME_SETTINGS = ("train.epochs", "train.progress_bar", "data.num_workers", "data.cache_dir")
+
+
 def apply_resume_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """``faceage train --resume RUN train.epochs=N``: a saved run may only be extended."""
+    """``faceage train --resume RUN train.epochs=N``: a saved run may only be extended (or told
+    how to show progress, load data or where its cache is; none of these changes a result)."""
     for text in overrides:
         change = parse_override(text)
-        if set(change) != {"train"} or set(change["train"]) != {"epochs"}:
-            raise ConfigError(f"with --resume only train.epochs=N (or --epochs N: to train a finished run longer) may "
-                              f"be given; got '{text}'")
+        key = text.split("=", 1)[0].strip()
+        if key not in RESUME_SETTINGS:
+            raise ConfigError(f"with --resume only train.epochs=N (or --epochs N: to train a finished run longer) and "
+                              f"{', '.join(RESUME_SETTINGS[1:])} may be given; got '{text}'")
         _apply(cfg, change)
     validate(cfg)
     return cfg

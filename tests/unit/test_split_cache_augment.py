@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,28 @@ def test_blur_and_downscale_remove_fine_detail_only():
     none = BatchAugment(AugmentConfig(flip=0, blur=1e-9, downscale=1e-9))
     assert torch.equal(none(stripes.clone(), generator=g), stripes)  # probability ~0: untouched
 
+
+def test_jpeg_recompression_matches_libjpeg_and_is_seeded():
+    from io import BytesIO
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.rand(2, 3, 8, 8)
+    x = torch.nn.functional.interpolate(smooth, size=(48, 48), mode="bilinear", align_corners=False)
+    aug = BatchAugment(AugmentConfig(flip=0, jpeg=1.0))
+    assert aug.active
+    out = aug(x.clone(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, aug(x.clone(), generator=torch.Generator().manual_seed(1)))   # seeded
+    assert 0 < (out - x).abs().mean() < 0.05                         # blocks and ringing, not a new image
+    # What Pillow's encoder gives at the drawn quality.
+    quality = 20 + int(71 * torch.rand(2, generator=torch.Generator().manual_seed(1))[0])
+    img = Image.fromarray((x[0] * 255).round().byte().permute(1, 2, 0).numpy())
+    buf = BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    ref = torch.from_numpy(np.asarray(Image.open(buf))).permute(2, 0, 1).float() / 255
+    assert (out[0] - ref).abs().mean() < 0.01
+    gray = aug(x[:, :1].clone(), generator=g)
+    assert gray.shape == (2, 1, 48, 48)
+    assert torch.equal(BatchAugment(AugmentConfig(flip=0, jpeg=1e-9))(x.clone(), generator=g), x)
 
 def test_age_balanced_sampling_is_seeded_and_favours_rare_ages():
     from faceage.data.datamodule import EpochShuffle, age_balance_weights

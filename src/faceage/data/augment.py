@@ -2,14 +2,19 @@
 
 Geometric changes (flip, rotation, zoom, shift) are folded into one affine matrix per image
 and applied with a single ``grid_sample``; photometric ones (brightness, contrast) are
-per-image scalars. Every strength of 0 disables that transform.
+per-image scalars; blur, down-up scaling and JPEG re-compression degrade the chosen images one
+by one. Every strength of 0 disables that transform.
 """
 from __future__ import annotations
 
 import math
+from io import BytesIO
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..config import AugmentConfig
 
@@ -22,7 +27,8 @@ class BatchAugment(torch.nn.Module):
     @property
     def active(self) -> bool:
         c = self.cfg
-        return any(v > 0 for v in (c.flip, c.rotation, c.zoom, c.shift, c.brightness, c.contrast, c.blur, c.downscale))
+        return any(v > 0 for v in (c.flip, c.rotation, c.zoom, c.shift, c.brightness, c.contrast, c.blur, c.downscale,
+                                        c.jpeg))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``x``: (B, C, H, W) floats in [0, 1]. Returns a tensor of the same shape."""
@@ -58,6 +64,9 @@ class BatchAugment(torch.nn.Module):
         if c.blur > 0:
             sigma = 0.3 + 1.2 * torch.rand(b, generator=generator) * x.shape[-1] / 128
             x = _gaussian_blur(x, torch.rand(b, generator=generator) < c.blur, sigma)
+        if c.jpeg > 0:
+            quality = 20 + (71 * torch.rand(b, generator=generator)).long()     # 20-90
+            x = _jpeg(x.clamp(0.0, 1.0), torch.rand(b, generator=generator) < c.jpeg, quality)
         return x.clamp_(0.0, 1.0)
 
 
@@ -83,4 +92,17 @@ def _gaussian_blur(x: torch.Tensor, chosen: torch.Tensor, sigma: torch.Tensor) -
         img = F.pad(x[i:i + 1], (radius, radius, radius, radius), mode="reflect")
         img = F.conv2d(img, k.unsqueeze(2), groups=x.shape[1])           # along x
         out[i:i + 1] = F.conv2d(img, k.unsqueeze(3), groups=x.shape[1])  # along y
+    return out
+
+
+def _jpeg(x: torch.Tensor, chosen: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Re-encode the chosen images as JPEG at their ``quality``: the blocking and ringing of
+    web photos and of UTKFace's own chips (Pillow's libjpeg, on the CPU)."""
+    out = x.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        img = (x[i] * 255).round().to(torch.uint8).cpu().permute(1, 2, 0).numpy()
+        buf = BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, "JPEG", quality=int(quality[i]))
+        coded = np.asarray(Image.open(buf)).reshape(img.shape)
+        out[i] = torch.from_numpy(coded.copy()).permute(2, 0, 1).to(x.device, x.dtype) / 255
     return out

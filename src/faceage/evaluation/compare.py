@@ -41,7 +41,7 @@ def run_row(run: Path) -> dict:
     from ..models.registry import resolve
     spec = resolve(cfg.model.name, **{k: v for k, v in vars(cfg.model).items() if k != "name"})
     a = cfg.augment
-    aug = ", ".join(f"{k} {getattr(a, k):g}" for k in ("flip", "rotation", "zoom", "shift", "brightness", "contrast", "blur", "downscale")
+    aug = ", ".join(f"{k} {getattr(a, k):g}" for k in ("flip", "rotation", "zoom", "shift", "brightness", "contrast", "blur", "downscale", "jpeg")
                     if getattr(a, k) > 0) or "none"
     if cfg.data.age_balance > 0:
         aug += f"; age-balanced sampling {cfg.data.age_balance:g}"

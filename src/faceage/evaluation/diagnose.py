@@ -480,7 +480,7 @@ def remedies(verdict: str, qualifiers: list[str], ev: dict, name: str, *, framew
         if m.augment is not None:
             more = {k: v for k, v in want.items() if float(m.augment.get(k) or 0) < v}
             if not more:
-                more = {k: 0.2 for k in ("blur", "downscale") if not float(m.augment.get(k) or 0)}
+                more = {k: 0.2 for k in ("blur", "downscale", "jpeg") if not float(m.augment.get(k) or 0)}
         else:
             more = want
         if more:
