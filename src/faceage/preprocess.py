@@ -385,6 +385,11 @@ def load_image(source, spec: PreprocessSpec) -> np.ndarray:
 
     Within the pixel limit every image decodes in full; a JPEG over it is decoded at a reduced
     scale that fits (the framing is the same, and the result is at most a few hundred px)."""
-    img = open_image(source, reduce_to_fit=True)
+    return frame_array(open_image(source, reduce_to_fit=True), spec)
+
+
+def frame_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded image -> the ``(size, size, channels)`` uint8 model input: :func:`load_image`
+    after decoding, for pixels altered in memory (e.g. benchmarks degrading a chip)."""
     arr = np.asarray(frame(img, spec), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr

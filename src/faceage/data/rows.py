@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..preprocess import PreprocessSpec, check_image, frame, load_image, to_rgb
+from ..preprocess import PreprocessSpec, check_image, frame_array, load_image, to_rgb
 from .manifest import Manifest, Sample, SkipReport
 from .readers import _Deduper, file_digest, parse_labels
 
@@ -61,8 +61,7 @@ def load_sample(s: Sample, spec: PreprocessSpec) -> np.ndarray:
     """A sample's ``(size, size, channels)`` uint8 pixels: the decode cache's one entry point, so
     a table row is framed and resized exactly as a file is (:func:`preprocess.load_image`)."""
     if isinstance(s.data, np.ndarray):
-        arr = np.asarray(frame(_array_image(s.data), spec), dtype=np.uint8)
-        return arr[:, :, None] if arr.ndim == 2 else arr
+        return frame_array(_array_image(s.data), spec)
     return load_image(s.source, spec)
 
 
