@@ -156,7 +156,7 @@ def test_ray_engine_gives_the_faces_and_ages_of_the_in_process_predictor(album, 
     for path, expected in in_process.items():
         assert_same_as_in_process(rows[path], expected)
     assert len(list(out.glob("part-*.parquet"))) >= 2 and not list(out.glob(".*.tmp"))
-    assert stop_ray(ray_env["TMPDIR"], grace_s=15) == []      # the job stopped the Ray it started
+    assert stop_ray(ray_env["TMPDIR"], grace_s=30) == []      # the job stopped the Ray it started (slow on a loaded machine)
 
 
 @pytest.mark.integration

@@ -95,6 +95,24 @@ def test_face_backbone_exports_and_matches_torch(tmp_path):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
 
 
+def test_faceres_backbone_exports_and_matches_torch(tmp_path):
+    """faceres_mobilenet's input-dependent TF "SAME" padding and Caffe-mean normalization survive
+    export, at the recipe's 160 px and at an odd size (where the padding turns symmetric)."""
+    torch.manual_seed(0)
+    for size in (160, 161):
+        net = create_model("faceres_mobilenet", input_size=size)
+        path = tmp_path / f"faceres{size}.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                                              "faceage": describe(net.spec, Config())}, path)
+        report = export_onnx(path, tmp_path / f"faceres{size}.onnx")
+        assert report["max_abs_diff"] <= 1e-4
+        meta = json.loads((tmp_path / f"faceres{size}.json").read_text())
+        assert meta["preprocess"]["size"] == size and meta["preprocess"]["std"][0] == pytest.approx(1 / 255)
+        x = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        a, b = load_runner(tmp_path / f"faceres{size}.onnx").predict(x), load_runner(path).predict(x)
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
+
+
 def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
     """--tta flip: a face and its mirror image get the same answer, through ONNX and torch."""
     report = export_onnx(checkpoint, tmp_path / "tta.onnx", tta="flip")

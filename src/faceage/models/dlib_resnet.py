@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
+from .asset_weights import read_converted_weights
 
 # dlib's input_rgb_image: (pixel - mean) / 256 per channel, pixels in 0..255.
 DLIB_MEAN = (122.782 / 255, 117.001 / 255, 104.298 / 255)
@@ -175,14 +176,7 @@ def face_pretrained_state_dict(source: str | Path | None = None) -> dict[str, to
     path = Path(source).expanduser() if source else ASSET
     if path.suffix == ".dat":
         return state_dict_from_dlib(path)
-    if not path.is_file():
-        raise CheckpointError(f"dlib_resnet29 weights not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read dlib_resnet29 weights {path}: {exc}") from None
-    sd = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
-    return {k: v.float() for k, v in sd.items()}
+    return read_converted_weights(path, "dlib_resnet29")
 
 
 def load_dlib_resnet29(source: str | Path | None = None) -> DlibResNet29:

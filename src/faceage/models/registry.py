@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import LIBRARY_BACKBONES, build_library_backbone
 from .dlib_resnet import DLIB_INPUT_SIZE, DLIB_MEAN, DLIB_STD, build_dlib_backbone
+from .faceres import FACERES_INPUT_SIZE, FACERES_MEAN, FACERES_STD, build_faceres_backbone
 from .network import FaceNet
 from .reference import build_reference_backbone
 from .spec import ModelSpec, resolve_spec
@@ -71,6 +72,15 @@ _ENTRIES.append(ModelEntry("dlib_resnet29", "faceage", "dlib face-recognition Re
                            ModelSpec(name="dlib_resnet29", tasks={"age_dist": 1.0, "gender": 1.0}, input_size=DLIB_INPUT_SIZE,
                                      channels=3, pretrained="face", head_hidden=[256], dense_dropout=0.3,
                                      mean=DLIB_MEAN, std=DLIB_STD)))
+# Face-pretrained: HSE's FaceRes MobileNet-v1 (VGGFace2 identities; Apache-2.0 weights shipped in
+# faceage/assets), Caffe-mean normalization; 224 px is what it was trained at.
+_ENTRIES.append(ModelEntry("faceres_mobilenet", "faceage",
+                           "HSE FaceRes MobileNet-v1 (VGGFace2 identities, Apache-2.0) with faceage heads",
+                           ModelSpec(name="faceres_mobilenet", tasks={"age_dist": 1.0, "gender": 1.0},
+                                     input_size=FACERES_INPUT_SIZE, channels=3, pretrained="face", head_hidden=[256],
+                                     dense_dropout=0.3, mean=FACERES_MEAN, std=FACERES_STD)))
+# family "faceage": networks ported into faceage, each with its own builder.
+FACE_BACKBONES = {"dlib_resnet29": build_dlib_backbone, "faceres_mobilenet": build_faceres_backbone}
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
@@ -99,7 +109,7 @@ def build_model(spec: ModelSpec) -> FaceNet:
     elif entry.family == "faceage":
         if spec.batch_norm != "none":
             raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own affine layers")
-        backbone, blocks = build_dlib_backbone(spec)
+        backbone, blocks = FACE_BACKBONES[spec.name](spec)
     else:
         if spec.batch_norm != "none":
             raise ConfigError(f"model.batch_norm applies to the reference CNNs; {spec.name} keeps its own "

@@ -1,5 +1,5 @@
 """The zoo's facts as a static table, so that ``faceage models`` lists the zoo without
-importing torch, timm or torchvision (about a second instead of building 18 networks).
+importing torch, timm or torchvision (about a second instead of building 19 networks).
 
 This table is a copy of what :mod:`faceage.models.registry` builds; ``tests/unit/test_zoo_table.py``
 builds every model and fails when the two differ, so it cannot drift. To regenerate it after
@@ -60,6 +60,8 @@ ZOO: dict[str, ZooFacts] = {e.name: e for e in (
              'timm convnext_tiny backbone with faceage heads'),
     ZooFacts('dlib_resnet29', 'faceage', 5772390, 5739622, 150, 3, ('age_dist', 'gender'),
              'dlib face-recognition ResNet-29 (3M faces, CC0) with faceage heads'),
+    ZooFacts('faceres_mobilenet', 'faceage', 3752006, 3752006, 224, 3, ('age_dist', 'gender'),
+             'HSE FaceRes MobileNet-v1 (VGGFace2 identities, Apache-2.0) with faceage heads'),
 )}
 
 
