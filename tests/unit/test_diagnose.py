@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from faceage.evaluation.diagnose import diagnose, early_stopping_for
+from faceage.evaluation.diagnose import ModelFacts, diagnose, early_stopping_for
 from faceage.evaluation.histories import load_history, parse_keras_log
 
 
@@ -64,6 +64,9 @@ def test_still_improving():
     val = [3.1 * 0.92 ** i for i in range(12)]
     d = diagnose(hist(train, val))
     assert d.verdict == "still improving" and d.remedies[0]["remedy"] == "Train longer"
+    assert "faceage train --resume RUN --epochs 24" in d.remedies[0]["why"]       # no run known: a placeholder
+    d = diagnose(hist(train, val), model=ModelFacts(run_dir="runs/mine"))
+    assert "faceage train --resume runs/mine --epochs 24" in d.remedies[0]["why"]  # a faceage run: its own path
 
 
 @pytest.mark.parametrize("train", [

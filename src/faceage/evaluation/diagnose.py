@@ -90,6 +90,7 @@ class ModelFacts:
     backbone_lr_scale: float | None = None
     freeze: str | None = None
     max_epochs: int | None = None
+    run_dir: str | None = None          # a faceage run's directory: remedies can name it
 
 
 @dataclass
@@ -595,7 +596,7 @@ def remedies(verdict: str, qualifiers: list[str], ev: dict, name: str, *, framew
     elif verdict == "still improving":
         more = max(2 * n, 10)
         add("Train longer", f"validation {name} was still falling at the last epoch; give it more epochs"
-            + (f" (a finished run goes on from where it stopped: faceage train --resume RUN --epochs {more})"
+            + (f" (a finished run goes on from where it stopped: faceage train --resume {m.run_dir or 'RUN'} --epochs {more})"
                if fw == "faceage" else ""),
             f"train.epochs={more} train.early_stopping.enabled=true train.early_stopping.patience=10",
             keras=f"model.fit(..., epochs={more}, callbacks=[EarlyStopping(monitor=\"{mon}\", patience=10{kmax}, "
@@ -715,7 +716,7 @@ def facts_from_run(run_dir: str | Path) -> ModelFacts | None:
         batch_norm=mc.batch_norm, lr=cfg.optim.lr, augment=dict(vars(cfg.augment)),
         early_stopping=dict(vars(cfg.train.early_stopping)), warmup_epochs=cfg.schedule.warmup_epochs,
         precision=cfg.train.precision, schedule=cfg.schedule.name, backbone_lr_scale=cfg.optim.backbone_lr_scale,
-        freeze=mc.freeze, max_epochs=cfg.train.epochs)
+        freeze=mc.freeze, max_epochs=cfg.train.epochs, run_dir=str(run_dir))
     try:                                  # the model's own defaults fill what the recipe left unset
         from ..models.registry import get_entry, resolve
         spec = resolve(mc.name, **{k: v for k, v in vars(mc).items() if k != "name"})
