@@ -87,8 +87,7 @@ def test_grayscale_stem_sums_the_colour_filters():
 def test_reading_the_tfjs_files_gives_the_shipped_weights_exactly():
     """``model.pretrained=PATH/faceres.json`` converts on the fly; the asset is that conversion,
     stored in the float16 the npm files already use, so the two are identical."""
-    default = "/tmp/survey/npm/vladmandic-human-3.3.6/package/models/faceres.json"
-    path = Path(os.environ.get("FACEAGE_FACERES_JSON", default))
+    path = Path(os.environ.get("FACEAGE_FACERES_JSON", "faceres.json-not-given"))
     if not path.is_file():
         pytest.skip("faceres.json not on this machine (set FACEAGE_FACERES_JSON; npm pack @vladmandic/human@3.3.6)")
     from_json, shipped = load_faceres(path), load_faceres()

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 from .spec import ModelSpec
+from .weights_file import read_state_dict
 
 # zoo name -> (library, library's model name)
 LIBRARY_BACKBONES = {
@@ -152,14 +153,7 @@ def _map_efficientnet_pytorch(sd: dict, target: nn.Module) -> dict:
 def load_backbone_weights(model: nn.Module, path: str, channels: int) -> None:
     """Load a local state dict into a library model; the classifier is ignored (faceage adds heads)."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"pretrained weights not found: {p}")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read pretrained weights {p}: {exc}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    sd = read_state_dict(p, "pretrained")
     if any(k.startswith("_conv_stem") for k in sd):
         sd = _map_efficientnet_pytorch(sd, model)
     target = model.state_dict()

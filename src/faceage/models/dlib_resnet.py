@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
-from .asset_weights import read_converted_weights
+from .weights_file import read_state_dict
 
 # dlib's input_rgb_image: (pixel - mean) / 256 per channel, pixels in 0..255.
 DLIB_MEAN = (122.782 / 255, 117.001 / 255, 104.298 / 255)
@@ -176,7 +176,7 @@ def face_pretrained_state_dict(source: str | Path | None = None) -> dict[str, to
     path = Path(source).expanduser() if source else ASSET
     if path.suffix == ".dat":
         return state_dict_from_dlib(path)
-    return read_converted_weights(path, "dlib_resnet29")
+    return {k: v.float() for k, v in read_state_dict(path, "dlib_resnet29").items()}
 
 
 def load_dlib_resnet29(source: str | Path | None = None) -> DlibResNet29:

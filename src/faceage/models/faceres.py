@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .asset_weights import read_converted_weights
+from .weights_file import read_state_dict
 from .dlib_resnet import Affine
 
 FACERES_INPUT_SIZE = 224
@@ -171,7 +171,7 @@ def save_asset(json_path: str | Path, out: Path = ASSET) -> Path:
 def load_faceres(source: str | Path | None = None) -> FaceResMobileNet:
     """The shipped asset by default, or a TF.js ``faceres.json`` / converted ``.pt`` file."""
     path = Path(source).expanduser() if source else ASSET
-    sd = state_dict_from_tfjs(path) if path.suffix == ".json" else read_converted_weights(path, "faceres_mobilenet")
+    sd = state_dict_from_tfjs(path) if path.suffix == ".json" else read_state_dict(path, "faceres_mobilenet")
     net = FaceResMobileNet()
     try:
         net.load_state_dict({k: v.float() for k, v in sd.items()})
