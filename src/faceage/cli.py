@@ -308,6 +308,21 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_teach(args) -> int:
+    from .training.distill import make_soft_targets
+    from .training.fit import default_data_path
+
+    r = make_soft_targets(args.teachers, args.data or default_data_path(), args.out, cache_dir=args.cache_dir,
+                          batch_size=args.batch_size)
+    print(f"wrote {r['out']}: soft targets for {r['images']} images from {len(r['teachers'])} teacher(s)")
+    if "mae_vs_labels" in r:
+        agree = f", gender agrees with the label on {r['gender_agreement']:.1%}" if "gender_agreement" in r else ""
+        print(f"against the labels (optimistic where the teachers trained on these images): MAE "
+              f"{r['mae_vs_labels']:.2f}{agree}")
+    print(f"train a student with: faceage train --config RECIPE distill.targets={r['out']} distill.weight=0.5")
+    return 0
+
+
 def add_detection_arguments(parser) -> None:
     """Detection flags, named as in InsightFace (det_size, det_thresh, max_num) and DeepFace (skip)."""
     g = parser.add_argument_group("face detection")
@@ -443,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what a .npz's y holds (data.y_is; default: what the run trained with)")
     ev.add_argument("--json", metavar="FILE", help="write metrics as JSON (plots go beside it)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    te = sub.add_parser("teach", help="teachers' soft targets for distilling them into one student (distill.targets)")
+    te.add_argument("teachers", nargs="+", metavar="TEACHER", help="run directories or checkpoints with an age_dist head")
+    te.add_argument("--out", required=True, help="the .npz to write (teachers' answers resume from OUT.parts/)")
+    te.add_argument("--data", help="dataset (default: $FACEAGE_DATA or the shared UTKFace); every usable image is taught")
+    te.add_argument("--cache-dir", help="decode cache folder (default: $FACEAGE_CACHE or ~/.cache/faceage)")
+    te.add_argument("--batch-size", type=int, default=64)
+    te.set_defaults(func=_cmd_teach)
     return p
 
 

@@ -125,6 +125,13 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Soft targets from teacher models (faceage teach; see training/distill.py).
+    targets: str | None = None   # the .npz faceage teach wrote; None: train on the labels alone
+    weight: float = 0.5          # the teachers' share of each training target (0 labels only, 1 teachers only)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,6 +139,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -347,6 +355,7 @@ RANGES = [
     ("train.num_nodes", _at_least(1), "at least 1"),
     ("train.early_stopping.patience", _non_negative, "0 or more epochs"),
     ("train.early_stopping.min_delta", _non_negative, "a non-negative number"),
+    ("distill.weight", _fraction, "the teachers' share of each target, in [0, 1]"),
 ]
 
 

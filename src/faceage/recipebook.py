@@ -27,7 +27,7 @@ from .errors import ConfigError
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 # Recipe keys that hold file or folder paths.
-PATH_KEYS = (("model", "pretrained"), ("data", "path"), ("data", "split_file"), ("data", "cache_dir"))
+PATH_KEYS = (("model", "pretrained"), ("data", "path"), ("data", "split_file"), ("data", "cache_dir"), ("distill", "targets"))
 # model.pretrained values that are not paths.
 PRETRAINED_WORDS = ("none", "false", "off", "imagenet", "face")
 

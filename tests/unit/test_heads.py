@@ -68,3 +68,28 @@ def test_class_head_for_race_and_labels():
     out[0, 3] = 5.0
     assert abs(h.loss(out[:1], _batch(race=torch.tensor([3]))).item() - (-math.log(math.exp(5) / (math.exp(5) + 4)))) < 1e-5
     assert h.decode(out)["race"][0].item() == 3
+
+
+def test_teacher_targets_mix_into_age_and_gender_losses():
+    """Distillation: the target is (1 - w) * label + w * teacher; w = 0 is the plain loss."""
+    h = AgeDistributionHead(4, sigma=2.0)
+    out = torch.randn(2, 101)
+    teacher = torch.softmax(torch.randn(2, 101), dim=1)
+    batch = _batch(age=torch.tensor([30.0, 61.0]), teacher_age_dist=teacher)
+    plain = h.loss(out, _batch(age=torch.tensor([30.0, 61.0])))
+    assert torch.allclose(h.loss(out, batch, teacher_weight=0.0), plain)
+    expected = torch.softmax(out, 1) @ torch.arange(101.0)
+    l1 = (expected - torch.tensor([30.0, 61.0])).abs().mean()
+    only_teacher = -(teacher * torch.log_softmax(out, 1)).sum(1).mean() + l1
+    assert torch.allclose(h.loss(out, batch, teacher_weight=1.0), only_teacher, atol=1e-5)
+    half = 0.5 * plain + 0.5 * only_teacher           # cross-entropy is linear in its target
+    assert torch.allclose(h.loss(out, batch, teacher_weight=0.5), half, atol=1e-5)
+
+    g = GenderHead(4)
+    logits = torch.tensor([[0.5], [-1.0], [2.0]])
+    labels = torch.tensor([1, 0, 1])
+    soft = torch.tensor([0.8, float("nan"), 0.1])      # NaN: no teacher answer -> the label alone
+    got = g.loss(logits, _batch(gender=labels, teacher_gender_prob=soft), teacher_weight=0.25)
+    target = torch.tensor([0.75 + 0.25 * 0.8, 0.0, 0.75 + 0.25 * 0.1])
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target)
+    assert torch.allclose(got, want, atol=1e-6)

@@ -36,10 +36,12 @@ def label_arrays(samples: list[Sample], age_bins) -> dict[str, torch.Tensor]:
 class CachedFaces(Dataset):
     """Indexable by a list of positions (``__getitems__``): one call builds one whole batch."""
 
-    def __init__(self, samples: list[Sample], cache: ImageCache, age_bins):
+    def __init__(self, samples: list[Sample], cache: ImageCache, age_bins, extra: dict | None = None):
+        """``extra``: more per-sample arrays to batch with the labels (the teachers' soft targets)."""
         self.samples, self.cache = samples, cache
         self.digests = [s.digest for s in samples]
         self.labels = label_arrays(samples, age_bins)
+        self.labels.update({k: torch.from_numpy(v) for k, v in (extra or {}).items()})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -158,6 +160,10 @@ class FaceDataModule(L.LightningDataModule):
         if not self.parts["val"]:
             raise DataError("the validation split is empty: use more images or a larger data.split[1]")
         manifest.samples = samples
+        self.soft_targets = None
+        if self.cfg.distill.targets:
+            from ..training.distill import SoftTargets
+            self.soft_targets = SoftTargets.load(self.cfg.distill.targets).for_samples(self.parts["train"])
         self.manifest, self.report, self.cache, self.assignment = manifest, report, cache, assignment
         self._prepared = True
         if verbose:
@@ -175,7 +181,8 @@ class FaceDataModule(L.LightningDataModule):
         self.prepare()
 
     def dataset(self, part: str) -> CachedFaces:
-        return CachedFaces(self.parts[part], self.cache, self.cfg.model.age_bins)
+        extra = self.soft_targets if part == "train" else None
+        return CachedFaces(self.parts[part], self.cache, self.cfg.model.age_bins, extra)
 
     def _ranks(self) -> tuple[int, int]:
         """(global rank, world size) of the trainer this data module serves; (0, 1) outside one."""

@@ -21,15 +21,18 @@ class InferenceGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def head_outputs(self, image: torch.Tensor, flip: bool | None = None) -> dict[str, torch.Tensor]:
+        """The heads' raw outputs (logits) for uint8 ``image``; ``flip`` (default: the spec's
+        ``tta``) averages them with the mirror image's."""
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std      # (B, C, H, W), normalized
-        if self.net.spec.tta == "flip":
+        if (self.net.spec.tta == "flip") if flip is None else flip:
             # A face and its mirror image are the same person: average the heads' raw outputs
             # (logits) of both, so the answer cannot depend on which way the face looks.
             b = x.shape[0]
             both = self.net(torch.cat([x, x.flip(3)]))                        # (2B, ...)
-            outputs = {k: (v[:b] + v[b:]) / 2 for k, v in both.items()}
-        else:
-            outputs = self.net(x)
-        record = self.net.decode_graph(outputs)
+            return {k: (v[:b] + v[b:]) / 2 for k, v in both.items()}
+        return self.net(x)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        record = self.net.decode_graph(self.head_outputs(image))
         return {k: record[k].float() for k in sorted(record)}

@@ -68,8 +68,9 @@ class TaskHead(nn.Module):
             return self.out.weight.new_zeros(())
         return self.l2 * sum((lin.weight ** 2).sum() for lin in self._l2_layers)
 
-    # Subclasses implement:
-    def loss(self, out: torch.Tensor, batch: dict) -> torch.Tensor: ...
+    # Subclasses implement. ``teacher_weight``: the teachers' share of the target where the batch
+    # carries soft targets (distillation, training/distill.py); heads no teacher teaches ignore it.
+    def loss(self, out: torch.Tensor, batch: dict, teacher_weight: float = 0.0) -> torch.Tensor: ...
     def decode(self, out: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     @staticmethod
@@ -88,7 +89,7 @@ class AgeRegressionHead(TaskHead):
     def __init__(self, in_features: int, **kw):
         super().__init__(in_features, 1, **kw)
 
-    def loss(self, out, batch):
+    def loss(self, out, batch, teacher_weight=0.0):
         valid = ~torch.isnan(batch["age"])
         if not valid.any():
             return _zero(out)
@@ -106,7 +107,7 @@ class AgeBinsHead(TaskHead):
         super().__init__(in_features, len(edges), **kw)
         self.register_buffer("centers", torch.tensor(bin_centers(edges), dtype=torch.float32), persistent=False)
 
-    def loss(self, out, batch):
+    def loss(self, out, batch, teacher_weight=0.0):
         valid = batch["age_bin"] >= 0
         if not valid.any():
             return _zero(out)
@@ -138,12 +139,15 @@ class AgeDistributionHead(TaskHead):
         logp = -0.5 * ((self.years.unsqueeze(0) - a) / self.sigma) ** 2
         return logp.softmax(dim=1)
 
-    def loss(self, out, batch):
+    def loss(self, out, batch, teacher_weight=0.0):
         valid = ~torch.isnan(batch["age"])
         if not valid.any():
             return _zero(out)
         out, age = out[valid], batch["age"][valid]
-        soft_ce = F.cross_entropy(out, self.target_distribution(age))
+        target = self.target_distribution(age)
+        if teacher_weight > 0 and "teacher_age_dist" in batch:
+            target = (1 - teacher_weight) * target + teacher_weight * batch["teacher_age_dist"][valid]
+        soft_ce = F.cross_entropy(out, target)
         expected = out.softmax(dim=1) @ self.years
         return soft_ce + F.l1_loss(expected, age.clamp(0, DIST_MAX_AGE))
 
@@ -163,11 +167,15 @@ class GenderHead(TaskHead):
     def __init__(self, in_features: int, **kw):
         super().__init__(in_features, 1, **kw)
 
-    def loss(self, out, batch):
+    def loss(self, out, batch, teacher_weight=0.0):
         valid = batch["gender"] >= 0
         if not valid.any():
             return _zero(out)
-        return F.binary_cross_entropy_with_logits(out.squeeze(1)[valid], batch["gender"][valid].float())
+        target = batch["gender"][valid].float()
+        if teacher_weight > 0 and "teacher_gender_prob" in batch:
+            teacher = batch["teacher_gender_prob"][valid]
+            target = torch.where(torch.isnan(teacher), target, (1 - teacher_weight) * target + teacher_weight * teacher)
+        return F.binary_cross_entropy_with_logits(out.squeeze(1)[valid], target)
 
     def decode(self, out):
         return {"gender_prob": torch.sigmoid(out.squeeze(1))}
@@ -180,7 +188,7 @@ class ClassHead(TaskHead):
         super().__init__(in_features, n_classes, **kw)
         self.task = task
 
-    def loss(self, out, batch):
+    def loss(self, out, batch, teacher_weight=0.0):
         target = batch[self.task]
         valid = target >= 0
         if not valid.any():

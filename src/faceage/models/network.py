@@ -27,9 +27,10 @@ class FaceNet(nn.Module):
         features = self.backbone(x)             # (B, F)
         return {task: head(features) for task, head in self.heads.items()}
 
-    def losses(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of task losses plus Keras-style L2 penalties; also each part alone."""
-        parts = {task: self.heads[task].loss(out, batch) for task, out in outputs.items()}
+    def losses(self, outputs: dict, batch: dict, teacher_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of task losses plus Keras-style L2 penalties; also each part alone.
+        ``teacher_weight``: the teachers' share of the targets when the batch carries soft targets."""
+        parts = {task: self.heads[task].loss(out, batch, teacher_weight) for task, out in outputs.items()}
         total = sum(self.spec.tasks[t] * v for t, v in parts.items())
         l2 = sum(h.l2_penalty() for h in self.heads.values())
         return total + l2, parts

@@ -110,6 +110,8 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
     validate(cfg)
     validate_environment(cfg)
     spec = validate_model(cfg)
+    from .distill import check_distill
+    check_distill(cfg, spec)
     t = cfg.train
     # DDP: checked (and this process's rank known) before anything is written or started; only
     # global rank 0 writes the run directory (see training/distributed.py).

@@ -100,7 +100,8 @@ class FaceAgeModule(L.LightningModule):
 
     def _step(self, batch: dict, train: bool):
         outputs = self.net(self.images(batch, augment=train))
-        loss, parts = self.net.losses(outputs, batch)
+        # Soft targets (distillation) reach training batches only: validation scores the labels.
+        loss, parts = self.net.losses(outputs, batch, self.cfg.distill.weight if train else 0.0)
         self._logits = outputs
         record = self.net.decode({k: v.detach().float() for k, v in outputs.items()})
         metrics = self.train_metrics if train else self.val_metrics
