@@ -4,7 +4,9 @@ Each candidate is built with faceage's heads (random weights: speed does not dep
 exported to ONNX the way `faceage export` does, and timed at batch 1 and batch 32 on uint8
 crops; the candidates take turns round by round so machine noise hits all of them alike.
 
-    .venv/bin/python bench/backbone_speed.py [--rounds 15] [--threads 2]
+    .venv/bin/python bench/backbone_speed.py [--rounds 15] [--threads 2] [--only NAME:SIZE,NAME:SIZE]
+
+The first candidate is the baseline of the "vs" column.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 CANDIDATES = [("mobilenetv2", 128), ("efficientnet_lite0", 128), ("dlib_resnet29", 150),
-              ("dlib_resnet29", 128), ("dlib_resnet29", 112)]
+              ("dlib_resnet29", 128), ("dlib_resnet29", 112), ("faceres_mobilenet", 160), ("faceres_mobilenet", 128)]
 
 
 def build(name: str, size: int, folder: Path, threads: int):
@@ -48,10 +50,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", help="candidates to time, e.g. dlib_resnet29:150,faceres_mobilenet:160 (default: all)")
     a = ap.parse_args()
+    candidates = [(n, int(s)) for n, s in (c.split(":") for c in a.only.split(","))] if a.only else CANDIDATES
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, onnxruntime threads={a.threads}")
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {(n, s): build(n, s, Path(tmp), a.threads) for n, s in CANDIDATES}
+        runners = {(n, s): build(n, s, Path(tmp), a.threads) for n, s in candidates}
         rng = np.random.default_rng(0)
         inputs = {k: {b: rng.integers(0, 256, (b, k[1], k[1], 3), dtype=np.uint8) for b in (1, 32)} for k in runners}
         for k, r in runners.items():                                   # warm-up
@@ -61,8 +65,8 @@ def main() -> None:
             for k, r in runners.items():
                 times[k][1].append(timed(r, inputs[k][1], 20))
                 times[k][32].append(timed(r, inputs[k][32], 2))
-    base = statistics.median(times[CANDIDATES[0]][1])
-    print("| backbone | input | batch 1 ms/face (median of rounds) | vs mobilenetv2 | batch 32 ms/face |")
+    base = statistics.median(times[candidates[0]][1])
+    print(f"| backbone | input | batch 1 ms/face (median of rounds) | vs {candidates[0][0]} {candidates[0][1]} | batch 32 ms/face |")
     print("|---|---|---|---|---|")
     for (n, s), t in times.items():
         b1, b32 = statistics.median(t[1]), statistics.median(t[32])
