@@ -312,6 +312,8 @@ def _cmd_teach(args) -> int:
     from .training.distill import make_soft_targets
     from .training.fit import default_data_path
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1; got {args.batch_size}")
     r = make_soft_targets(args.teachers, args.data or default_data_path(), args.out, cache_dir=args.cache_dir,
                           batch_size=args.batch_size)
     print(f"wrote {r['out']}: soft targets for {r['images']} images from {len(r['teachers'])} teacher(s)")

@@ -109,6 +109,8 @@ def test_student_learns_from_the_targets_and_is_validated_on_labels(tmp_path, te
     assert hist[0.0]["loss"] != hist[1.0]["loss"]                    # the teachers' targets changed training
     saved = load_run_config(tmp_path / "student1.0")
     assert saved.distill.targets == str(targets.resolve()) and saved.distill.weight == 1.0
+    from faceage.evaluation.compare import run_row
+    assert "teachers' soft targets targets.npz (weight 1)" in run_row(tmp_path / "student1.0")["augmentation"]
 
 
 def test_bad_targets_are_refused_before_training(tmp_path, teachers, real_subset, synthetic_utk):
@@ -129,7 +131,7 @@ def test_bad_targets_are_refused_before_training(tmp_path, teachers, real_subset
         load_config(None, ["distill.weight=1.5"])
 
 
-def test_teach_refuses_bad_teachers_in_one_line(tmp_path, teachers, real_subset):
+def test_teach_refuses_bad_teachers_in_one_line(tmp_path, teachers, real_subset, capsys):
     from faceage.errors import CheckpointError
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
@@ -139,5 +141,8 @@ def test_teach_refuses_bad_teachers_in_one_line(tmp_path, teachers, real_subset)
             make_soft_targets([str(teacher)], str(real_subset), tmp_path / "t.npz", verbose=False)
     with pytest.raises(ConfigError, match="give a name ending in .npz"):
         make_soft_targets([str(teachers[0])], str(real_subset), tmp_path / "t.txt", verbose=False)
+    from faceage.cli import main
+    assert main(["teach", str(teachers[0]), "--out", str(tmp_path / "t.npz"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
     r = faceage("teach", onnx, "--data", real_subset, "--out", tmp_path / "t.npz")
     assert r.returncode != 0 and r.stderr.startswith("faceage: error:") and "Traceback" not in r.stderr, r.stderr

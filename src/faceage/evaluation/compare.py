@@ -45,6 +45,8 @@ def run_row(run: Path) -> dict:
                     if getattr(a, k) > 0) or "none"
     if cfg.data.age_balance > 0:
         aug += f"; age-balanced sampling {cfg.data.age_balance:g}"
+    if cfg.distill.targets:
+        aug += f"; teachers' soft targets {Path(cfg.distill.targets).name} (weight {cfg.distill.weight:g})"
     es = cfg.train.early_stopping
     n_train = info.get("n_images", {}).get("train")
     steps = math.ceil(n_train / cfg.data.batch_size) if n_train else None

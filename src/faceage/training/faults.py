@@ -8,7 +8,8 @@ the out-of-memory killer. Points:
 - ``validation``: after the first validation batch of the epoch;
 - ``checkpoint_write``: while ``last.ckpt`` is being written (the temporary file is complete
   but not renamed yet);
-- ``epoch_end``: right after the epoch is recorded (checkpoints and history written).
+- ``epoch_end``: right after the epoch is recorded (checkpoints and history written);
+- ``teacher_saved``: ``faceage teach``, right after teacher number EPOCH's answers are saved.
 
 Unset (always, outside tests) it does nothing: one environment lookup per call.
 """
@@ -20,7 +21,7 @@ import signal
 import lightning as L
 
 ENV = "FACEAGE_TEST_KILL_AT"
-POINTS = ("mid_epoch", "validation", "checkpoint_write", "epoch_end")
+POINTS = ("mid_epoch", "validation", "checkpoint_write", "epoch_end", "teacher_saved")
 
 
 def armed() -> bool:
