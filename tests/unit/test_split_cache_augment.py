@@ -144,7 +144,7 @@ def test_jpeg_recompression_matches_libjpeg_and_is_seeded():
     img = Image.fromarray((x[0] * 255).round().byte().permute(1, 2, 0).numpy())
     buf = BytesIO()
     img.save(buf, "JPEG", quality=quality)
-    ref = torch.from_numpy(np.asarray(Image.open(buf))).permute(2, 0, 1).float() / 255
+    ref = torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1).float() / 255
     assert (out[0] - ref).abs().mean() < 0.01
     gray = aug(x[:, :1].clone(), generator=g)
     assert gray.shape == (2, 1, 48, 48)
