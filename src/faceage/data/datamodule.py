@@ -160,10 +160,10 @@ class FaceDataModule(L.LightningDataModule):
         if not self.parts["val"]:
             raise DataError("the validation split is empty: use more images or a larger data.split[1]")
         manifest.samples = samples
-        self.soft_targets = None
+        self.train_soft_targets = None
         if self.cfg.distill.targets:
             from ..training.distill import SoftTargets
-            self.soft_targets = SoftTargets.load(self.cfg.distill.targets).for_samples(self.parts["train"])
+            self.train_soft_targets = SoftTargets.load(self.cfg.distill.targets).for_samples(self.parts["train"])
         self.manifest, self.report, self.cache, self.assignment = manifest, report, cache, assignment
         self._prepared = True
         if verbose:
@@ -181,7 +181,7 @@ class FaceDataModule(L.LightningDataModule):
         self.prepare()
 
     def dataset(self, part: str) -> CachedFaces:
-        extra = self.soft_targets if part == "train" else None
+        extra = self.train_soft_targets if part == "train" else None
         return CachedFaces(self.parts[part], self.cache, self.cfg.model.age_bins, extra)
 
     def _ranks(self) -> tuple[int, int]:

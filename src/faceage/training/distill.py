@@ -127,15 +127,16 @@ def make_soft_targets(teachers: list[str], data: str, out: str | Path, cache_dir
 
 def _summary(out: Path, samples, kept, age_dist, gender_prob, teachers: list[str]) -> dict:
     index = {d: i for i, d in enumerate(kept)}
-    rows = [(index[s.digest], s) for s in samples if s.digest in index]
-    age = np.array([s.age if s.age is not None else np.nan for _, s in rows], np.float64)
-    expected = age_dist[[i for i, _ in rows]] @ np.arange(age_dist.shape[1])
+    taught = [s for s in samples if s.digest in index]
+    rows = [index[s.digest] for s in taught]
+    age = np.array([s.age if s.age is not None else np.nan for s in taught], np.float64)
+    expected = age_dist[rows] @ np.arange(age_dist.shape[1])
     labelled = ~np.isnan(age)
     summary = {"out": str(out), "images": len(kept), "teachers": teachers}
     if labelled.any():
         summary["mae_vs_labels"] = float(np.abs(expected[labelled] - age[labelled]).mean())
-    g = np.array([s.gender for _, s in rows])
-    p = gender_prob[[i for i, _ in rows]]
+    g = np.array([s.gender for s in taught])
+    p = gender_prob[rows]
     known = (g >= 0) & ~np.isnan(p)
     if known.any():
         summary["gender_agreement"] = float(((p[known] >= 0.5) == (g[known] == 1)).mean())
@@ -152,10 +153,7 @@ class SoftTargets:
 
     @classmethod
     def load(cls, path: str | Path) -> "SoftTargets":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config key 'distill.targets': {path} not found; make it with faceage teach TEACHER ... "
-                              f"--data DATA --out {path.name}")
+        path = Path(path)            # training checks that it exists first (check_distill)
         try:
             with np.load(path) as f:
                 if int(f["format"]) != FORMAT:
