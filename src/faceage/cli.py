@@ -260,7 +260,8 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
-    r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta)
+    r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta,
+                    interval_temperature=args.interval_temperature)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:g})")
@@ -322,6 +323,20 @@ def _cmd_teach(args) -> int:
         print(f"against the labels (optimistic where the teachers trained on these images): MAE "
               f"{r['mae_vs_labels']:.2f}{agree}")
     print(f"train a student with: faceage train --config RECIPE distill.targets={r['out']} distill.weight=0.5")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from .inference.calibration import calibrate
+    from .training.fit import default_data_path
+
+    r = calibrate(args.model, args.data or default_data_path(), split=args.split, split_file=args.split_file,
+                  cache_dir=args.cache_dir)
+    print(f"fitted on {r['n']} faces ({r['scope']}); 90% interval coverage:")
+    for tta in ("none", "flip"):
+        print(f"  tta {tta}: {r['coverage_before'][tta]:.1%} -> {r['coverage_after'][tta]:.1%} at interval temperature "
+              f"{r['interval_temperature'][tta]:.3f}")
+    print(f"wrote {r['path']}: loading {r['checkpoint']} and faceage export now use it")
     return 0
 
 
@@ -428,7 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: metrics.json beside the checkpoint, if any)")
     ex.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation in the graph: 'flip' averages "
                                                              "each face with its mirror image (default: the checkpoint's)")
+    ex.add_argument("--interval-temperature", type=float, metavar="T",
+                    help="temperature of the 90%% age interval (default: what faceage calibrate fitted to this "
+                         "checkpoint, else 1); e.g. carry a split run's calibration to an all-data run")
     ex.set_defaults(func=_cmd_export)
+
+    ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split")
+    ca.add_argument("model", help="run directory or checkpoint (calibration.json is written beside it)")
+    ca.add_argument("--data", help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
+    ca.add_argument("--split", default="val", choices=["train", "val", "test"],
+                    help="which part of the run's split to fit on (default val: held out from training)")
+    ca.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
+    ca.add_argument("--cache-dir", help="decode cache folder (default: $FACEAGE_CACHE or ~/.cache/faceage)")
+    ca.set_defaults(func=_cmd_calibrate)
 
     sv = sub.add_parser("serve", help="a local web page and HTTP API for a model (FastAPI + uvicorn)")
     sv.add_argument("--model", help="run directory, checkpoint or exported .onnx (default: the shipped model)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from faceage.labels import DEFAULT_AGE_BIN_EDGES
@@ -93,3 +95,46 @@ def test_teacher_targets_mix_into_age_and_gender_losses():
     target = torch.tensor([0.75 + 0.25 * 0.8, 0.0, 0.75 + 0.25 * 0.1])
     want = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_interval_temperature_moves_the_interval_never_the_estimate():
+    from faceage.inference.calibration import interval_bounds
+    h = AgeDistributionHead(4, sigma=2.0)
+    out = torch.randn(64, 101) * 3
+    plain = h.decode(out)
+    widths = {}
+    for t in (0.5, 1.0, 2.0):
+        h.interval_temperature = t
+        got = h.decode(out)
+        assert torch.equal(got["age"], plain["age"])                    # the estimate keeps T = 1
+        low, high = interval_bounds(out.numpy(), t)                     # what calibrate fits with
+        assert np.array_equal(got["age_low"].numpy(), low) and np.array_equal(got["age_high"].numpy(), high)
+        widths[t] = float((got["age_high"] - got["age_low"]).mean())
+    assert widths[0.5] < widths[1.0] < widths[2.0]
+
+
+def _noisy_logits(n: int, noise: float, sigma: float, seed: int = 0):
+    """Gaussian age distributions of width ``sigma`` whose centres miss the true age by N(0, noise)."""
+    rng = np.random.default_rng(seed)
+    ages = rng.integers(1, 90, n).astype(float)
+    centres = ages + rng.normal(0, noise, n)
+    years = np.arange(101)
+    return (-0.5 * ((years[None] - centres[:, None]) / sigma) ** 2).astype(np.float32), ages
+
+
+@pytest.mark.parametrize("sigma", [1.5, 12.0])         # intervals too narrow, then too wide
+def test_fit_temperature_gives_the_smallest_interval_with_90_percent_coverage(sigma):
+    from faceage.inference.calibration import coverage, fit_temperature
+    logits, ages = _noisy_logits(2000, noise=5.0, sigma=sigma)
+    before = coverage(logits, ages, 1.0)
+    t = fit_temperature(logits, ages)
+    assert coverage(logits, ages, t) >= 0.90 > coverage(logits, ages, t * 0.99)
+    assert (t > 1) == (before < 0.90)                  # widened when it undercovered, narrowed when it overcovered
+
+
+def test_fit_temperature_refuses_ages_no_interval_can_hold():
+    from faceage.errors import DataError
+    from faceage.inference.calibration import fit_temperature
+    logits, _ = _noisy_logits(200, noise=1.0, sigma=2.0)
+    with pytest.raises(DataError, match="no interval temperature"):
+        fit_temperature(logits, np.full(200, 130.0))  # beyond the head's last year (100)

@@ -5,6 +5,7 @@ checkpoint cannot run code on load. Writes are atomic (temporary file + rename).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,25 @@ def resolve_checkpoint_path(model: str | Path) -> Path:
 class LoadedModel:
     def __init__(self, net, meta: dict, path: Path):
         self.net, self.meta, self.path = net, meta, path
-        self.spec: ModelSpec = net.spec
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.net.spec
+
+    def set_spec(self, spec: ModelSpec) -> None:
+        """A changed inference setting (tta, interval temperature), kept in the description too."""
+        self.net.spec = spec
+        self.net.set_interval_temperature(spec.interval_temperature)
+        self.meta["model"] = spec.to_dict()
 
     @property
     def preprocess(self):
         return self.spec.preprocess()
 
 
-def load_checkpoint(model: str | Path) -> LoadedModel:
+def load_checkpoint(model: str | Path, calibrated: bool = True) -> LoadedModel:
+    """``calibrated``: apply the interval temperature of a ``calibration.json`` beside the
+    checkpoint that was fitted to it (see ``inference/calibration.py``)."""
     path = resolve_checkpoint_path(model)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,4 +130,10 @@ def load_checkpoint(model: str | Path) -> LoadedModel:
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the described model ({len(missing)} missing, {len(unexpected)} unexpected)")
     net.eval()
-    return LoadedModel(net, meta, path)
+    loaded = LoadedModel(net, dict(meta), path)
+    if calibrated:
+        from .calibration import saved_temperature
+        t = saved_temperature(path, spec.tta)
+        if t is not None:
+            loaded.set_spec(replace(spec, interval_temperature=t))
+    return loaded

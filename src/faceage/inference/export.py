@@ -8,6 +8,7 @@ on sample inputs at two batch sizes.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +33,30 @@ def metrics_summary(path: str | Path) -> dict:
 
 
 def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18,
-                metrics: str | Path | None = None, tta: str | None = None) -> dict:
+                metrics: str | Path | None = None, tta: str | None = None,
+                interval_temperature: float | None = None) -> dict:
     """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
     (default: ``metrics.json`` beside the checkpoint, when there is one). ``tta``: override the
-    checkpoint's test-time augmentation ("none" or "flip") in the exported graph."""
+    checkpoint's test-time augmentation ("none" or "flip") in the exported graph.
+    ``interval_temperature``: the age interval's temperature (default: the one `faceage calibrate`
+    fitted to this checkpoint for the exported tta, else 1)."""
     import torch
 
     from .checkpoint import load_checkpoint
     from .graph import InferenceGraph
     from .runners import OnnxRunner
 
-    loaded = load_checkpoint(model)
+    if interval_temperature is not None and not (np.isfinite(interval_temperature) and interval_temperature > 0):
+        raise FaceageError(f"--interval-temperature must be a positive number; got {interval_temperature}")
+    loaded = load_checkpoint(model, calibrated=False)
     if tta is not None:
         from ..models.spec import resolve_spec
-        loaded.net.spec = loaded.spec = resolve_spec(loaded.net.spec, {"tta": tta})
-        loaded.meta["model"] = loaded.spec.to_dict()
+        loaded.set_spec(resolve_spec(loaded.spec, {"tta": tta}))
+    if interval_temperature is None:
+        from .calibration import saved_temperature
+        interval_temperature = saved_temperature(loaded.path, loaded.spec.tta)
+    if interval_temperature is not None:
+        loaded.set_spec(replace(loaded.spec, interval_temperature=float(interval_temperature)))
     out = Path(out) if out else loaded.path.parent / "model.onnx"
     graph = InferenceGraph(loaded.net).eval()
     s = loaded.preprocess

@@ -124,7 +124,7 @@ class AgeDistributionHead(TaskHead):
     Loss (DLDL-v2, Gao et al. 2018): cross-entropy against a Gaussian label distribution of
     width ``sigma`` around the true age, plus the L1 error of the expected age. The estimate is
     the expected value; the 5% and 95% quantiles of the predicted distribution give a 90%
-    interval.
+    interval (read at the interval temperature, see ``inference/calibration.py``).
     """
     task = "age_dist"
     n_classes = DIST_MAX_AGE + 1
@@ -132,6 +132,7 @@ class AgeDistributionHead(TaskHead):
     def __init__(self, in_features: int, *, sigma: float = 2.0, **kw):
         super().__init__(in_features, self.n_classes, **kw)
         self.sigma = sigma
+        self.interval_temperature = 1.0     # set from the spec by FaceNet (faceage calibrate fits it)
         self.register_buffer("years", torch.arange(self.n_classes, dtype=torch.float32), persistent=False)
 
     def target_distribution(self, age: torch.Tensor) -> torch.Tensor:
@@ -153,7 +154,9 @@ class AgeDistributionHead(TaskHead):
 
     def decode(self, out):
         p = out.softmax(dim=1)
-        cdf = p.cumsum(dim=1)
+        # The interval may come from a tempered distribution (calibrated coverage); the estimate never does.
+        t = self.interval_temperature
+        cdf = (p if t == 1.0 else (out / t).softmax(dim=1)).cumsum(dim=1)
         # First year whose cumulative probability reaches the quantile.
         low = (cdf < 0.05).sum(dim=1).clamp(max=DIST_MAX_AGE).float()
         high = (cdf < 0.95).sum(dim=1).clamp(max=DIST_MAX_AGE).float()

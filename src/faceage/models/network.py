@@ -1,6 +1,8 @@
 """FaceNet: a backbone plus one head per task, with weighted losses and a merged decoding."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 
@@ -22,6 +24,14 @@ class FaceNet(nn.Module):
             for task in spec.tasks
         })
         self.register_buffer("bin_edges", torch.tensor(spec.age_bins, dtype=torch.float32), persistent=False)
+        self.set_interval_temperature(spec.interval_temperature)
+
+    def set_interval_temperature(self, temperature: float) -> None:
+        """Read age intervals from ``softmax(logits / temperature)`` (a calibration; estimates keep T = 1)."""
+        self.spec = replace(self.spec, interval_temperature=float(temperature))
+        for head in self.heads.values():
+            if hasattr(head, "interval_temperature"):
+                head.interval_temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)             # (B, F)

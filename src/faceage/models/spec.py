@@ -37,6 +37,8 @@ class ModelSpec:
     std: tuple[float, ...] = (1.0,)
     crop: str = "center_square"
     tta: str = "none"                 # inference only: "flip" averages each face with its mirror image
+    interval_temperature: float = 1.0  # inference only: the 90% interval is read from softmax(logits / T)
+                                       # (fitted by faceage calibrate; see inference/calibration.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,105 @@
+"""``faceage calibrate`` on real UTKFace faces: the 90% interval fitted to 90% coverage on held-out
+faces, applied wherever the checkpoint is loaded (torch evaluation, export to ONNX), and dropped
+with a warning once the checkpoint changes."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import faceage
+from faceage.config import load_config
+from faceage.data.readers import read_dataset
+from faceage.inference.checkpoint import load_checkpoint
+from faceage.inference.runners import load_runner
+from faceage.training.fit import train
+
+# Frozen face features, a linear-ish head, two epochs: a model just good enough that some
+# interval holds 90% of ages (a one-epoch model from ImageNet weights predicts one age for all).
+SMALL = ["model.input_size=64", "model.freeze=backbone", "train.epochs=2", "train.progress_bar=false",
+         "data.batch_size=32", "optim.lr=0.01", "schedule.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, real_subset):
+    """A small face-pretrained model, and a split file that holds half its faces out as val."""
+    root = tmp_path_factory.mktemp("calib")
+    manifest, _ = read_dataset(str(real_subset))
+    keys = sorted(s.key for s in manifest.samples)
+    split = root / "split.csv"
+    with split.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "split"])
+        # every other face (file names sort by age, so a block would hold only some ages)
+        w.writerows([k, "val" if i % 2 == 0 else "train"] for i, k in enumerate(keys))
+    cfg = load_config("faceres-mobilenet", SMALL + [f"data.split_file={split}", f"data.cache_dir={root / 'cache'}"])
+    train(cfg, root / "run", data=str(real_subset), quiet=True)
+    return root / "run"
+
+
+def test_calibrate_fits_coverage_and_every_loader_applies_it(run, real_subset, tmp_path):
+    r = faceage("calibrate", run, "--data", real_subset)
+    assert r.returncode == 0, r.stderr
+    assert "tta none:" in r.stdout and "tta flip:" in r.stdout and "calibration.json" in r.stdout
+    saved = json.loads((run / "calibration.json").read_text())
+    n_val = sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",val"))
+    assert saved["n"] == n_val >= 100 and saved["scope"].startswith("val split")
+    for tta in ("none", "flip"):
+        assert saved["coverage_after"][tta] >= 0.90 and saved["interval_temperature"][tta] > 0
+
+    # Loading the checkpoint applies it: torch evaluation of the same faces reads 90%, estimates unchanged.
+    metrics = tmp_path / "val.json"
+    r = faceage("evaluate", "--model", run, "--data", real_subset, "--split", "val", "--json", metrics)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(metrics.read_text())["interval90_coverage"] == pytest.approx(saved["coverage_after"]["none"], abs=2 / n_val)
+    calibrated, plain = load_runner(run), load_runner(run)
+    plain.graph.net.set_interval_temperature(1.0)
+    faces = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    a, b = calibrated.predict(faces), plain.predict(faces)
+    assert np.array_equal(a["age"], b["age"]) and calibrated.spec.interval_temperature == saved["interval_temperature"]["none"]
+
+    # Export bakes in the temperature fitted for the exported tta, and says so in the sidecar.
+    r = faceage("export", run, "--out", tmp_path / "flip.onnx", "--tta", "flip")
+    assert r.returncode == 0, r.stderr
+    sidecar = json.loads((tmp_path / "flip.json").read_text())
+    assert sidecar["model"]["interval_temperature"] == saved["interval_temperature"]["flip"]
+    widths = {}
+    for t in ("0.25", "4"):
+        r = faceage("export", run, "--out", tmp_path / f"t{t}.onnx", "--interval-temperature", t)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / f"t{t}.json").read_text())["model"]["interval_temperature"] == float(t)
+        out = load_runner(tmp_path / f"t{t}.onnx").predict(faces)
+        widths[t] = float((out["age_high"] - out["age_low"]).mean())
+    assert widths["0.25"] < widths["4"]
+
+
+def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_subset, capsys):
+    if not (run / "calibration.json").is_file():
+        assert faceage("calibrate", run, "--data", real_subset).returncode == 0
+    path = run / "calibration.json"
+    record = json.loads(path.read_text())
+    try:
+        path.write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))   # as if training went on
+        loaded = load_checkpoint(run)
+        assert loaded.spec.interval_temperature == 1.0
+        assert "fitted to an earlier" in capsys.readouterr().err
+    finally:
+        path.write_text(json.dumps(record))
+    assert load_checkpoint(run).spec.interval_temperature == record["interval_temperature"]["none"]
+
+
+def test_calibrate_refuses_what_it_cannot_fit(run, real_subset, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    assert faceage("export", run, "--out", onnx).returncode == 0
+    r = faceage("calibrate", onnx, "--data", real_subset)
+    assert r.returncode != 0 and "calibrate a checkpoint" in r.stderr and "Traceback" not in r.stderr
+    few = tmp_path / "few.csv"                              # 40 held-out faces: too few for a 90% interval
+    rows = list(csv.reader((run / "split.csv").open()))
+    with few.open("w", newline="") as fh:
+        csv.writer(fh).writerows([rows[0]] + [[k, "val" if i < 40 else "train"] for i, (k, *_) in enumerate(rows[1:])])
+    r = faceage("calibrate", run, "--data", real_subset, "--split-file", few)
+    assert r.returncode != 0 and "too few" in r.stderr and "Traceback" not in r.stderr
+    r = faceage("export", run, "--out", tmp_path / "x.onnx", "--interval-temperature", "-1")
+    assert r.returncode != 0 and "positive" in r.stderr and "Traceback" not in r.stderr
