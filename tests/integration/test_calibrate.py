@@ -85,6 +85,9 @@ def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_su
         loaded = load_checkpoint(run)
         assert loaded.spec.interval_temperature == 1.0
         assert "fitted to an earlier" in capsys.readouterr().err
+        path.write_text("{")                                                     # a truncated file
+        assert load_checkpoint(run).spec.interval_temperature == 1.0
+        assert "unreadable" in capsys.readouterr().err
     finally:
         path.write_text(json.dumps(record))
     assert load_checkpoint(run).spec.interval_temperature == record["interval_temperature"]["none"]

@@ -122,7 +122,7 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
     return result
 
 
-def saved_temperature(checkpoint: Path, tta: str, quiet: bool = False) -> float | None:
+def saved_temperature(checkpoint: Path, tta: str) -> float | None:
     """The interval temperature ``calibration.json`` beside ``checkpoint`` holds for it and ``tta``;
     None when there is none or it was fitted to other weights."""
     path = checkpoint.parent / CALIBRATION_FILE
@@ -132,15 +132,13 @@ def saved_temperature(checkpoint: Path, tta: str, quiet: bool = False) -> float 
         record = json.loads(path.read_text())
         name, digest, temps = record["checkpoint"], record["checkpoint_sha256"], record["interval_temperature"]
     except (OSError, ValueError, KeyError, TypeError):
-        if not quiet:
-            print(f"warning: {path} is unreadable; intervals are uncalibrated (run faceage calibrate again)", file=sys.stderr)
+        print(f"warning: {path} is unreadable; intervals are uncalibrated (run faceage calibrate again)", file=sys.stderr)
         return None
     if name != checkpoint.name:
         return None                                   # fitted to the run's other checkpoint
     if digest != file_digest(checkpoint):
-        if not quiet:
-            print(f"warning: {path} was fitted to an earlier {checkpoint.name}; intervals are uncalibrated "
-                  f"(run faceage calibrate again)", file=sys.stderr)
+        print(f"warning: {path} was fitted to an earlier {checkpoint.name}; intervals are uncalibrated "
+              f"(run faceage calibrate again)", file=sys.stderr)
         return None
-    t = temps.get(tta)
+    t = temps.get(tta) if isinstance(temps, dict) else None
     return float(t) if isinstance(t, (int, float)) and t > 0 else None
