@@ -28,7 +28,8 @@ class FaceNet(nn.Module):
 
     def set_interval_temperature(self, temperature: float) -> None:
         """Read age intervals from ``softmax(logits / temperature)`` (a calibration; estimates keep T = 1)."""
-        self.spec = replace(self.spec, interval_temperature=float(temperature))
+        if float(temperature) != self.spec.interval_temperature:       # (keeps the caller's spec object otherwise)
+            self.spec = replace(self.spec, interval_temperature=float(temperature))
         for head in self.heads.values():
             if hasattr(head, "interval_temperature"):
                 head.interval_temperature = float(temperature)
