@@ -81,7 +81,7 @@ def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_su
     path = run / "calibration.json"
     record = json.loads(path.read_text())
     try:
-        path.write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))   # as if training went on
+        path.write_text(json.dumps({**record, "checkpoint_digest": "0" * 32}))   # as if training went on
         loaded = load_checkpoint(run)
         assert loaded.spec.interval_temperature == 1.0
         assert "fitted to an earlier" in capsys.readouterr().err

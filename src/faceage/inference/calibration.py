@@ -9,13 +9,12 @@ an estimate. This is temperature scaling (Guo et al. 2017) fitted for interval c
 
 The fitted temperatures (one without and one with flip test-time averaging, since averaging the
 mirror image's logits sharpens the distribution) are written to ``calibration.json`` beside the
-checkpoint, with the checkpoint's content digest: loading that checkpoint applies them, and
+checkpoint, with the checkpoint's content digest (blake2b, as the decode cache keys images): loading that checkpoint applies them, and
 ``faceage export`` bakes them into the ONNX graph. A checkpoint that changed since (a run that
 went on training) is loaded uncalibrated, with a warning.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,19 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_json
+from ..data.readers import file_digest
 from ..errors import CheckpointError, DataError
 
 CALIBRATION_FILE = "calibration.json"
 COVERAGE = 0.90                       # the heads report the 5% and 95% quantiles
 MAX_AGE = 100
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def interval_bounds(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,21 +59,6 @@ def fit_temperature(logits: np.ndarray, ages: np.ndarray, target: float = COVERA
     return float(np.exp(hi))
 
 
-def age_logits(loaded, cache, digests: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The age_dist logits of each cached crop and of its mirror image."""
-    import torch
-
-    from .graph import InferenceGraph
-    graph = InferenceGraph(loaded.net).eval()
-    plain, mirrored = [], []
-    with torch.inference_mode():
-        for i in range(0, len(digests), batch_size):
-            images = torch.from_numpy(cache.gather(digests[i:i + batch_size]))
-            plain.append(graph.head_outputs(images, flip=False)["age_dist"].float().numpy())
-            mirrored.append(graph.head_outputs(images.flip(2), flip=False)["age_dist"].float().numpy())
-    return np.concatenate(plain), np.concatenate(mirrored)
-
-
 def calibrate(model: str, data: str, split: str = "val", split_file: str | None = None, cache_dir=None) -> dict:
     """Fit the interval temperatures of a checkpoint on ``split`` of its split and write
     ``calibration.json`` beside it. Returns what was written (plus the coverage before)."""
@@ -89,6 +66,7 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
     from ..data.split import BOTH
     from ..evaluation.evaluate import model_split, select_samples
     from .checkpoint import load_checkpoint
+    from .graph import cached_head_outputs
 
     if Path(model).suffix.lower() == ".onnx":
         raise CheckpointError(f"{model}: calibrate a checkpoint or run directory; an exported .onnx model holds only "
@@ -108,8 +86,8 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
         print(f"warning: {seen} of the {len(samples)} images were used to train this model: intervals fitted on "
               f"them come out too narrow for new faces", file=sys.stderr)
     ages = np.array([s.age for s in samples], dtype=np.float64)
-    plain, mirrored = age_logits(loaded, cache, [s.digest for s in samples])
-    result = {"checkpoint": loaded.path.name, "checkpoint_sha256": file_digest(loaded.path), "scope": scope,
+    plain, mirrored = (out["age_dist"] for out in cached_head_outputs(loaded.net, cache, [s.digest for s in samples]))
+    result = {"checkpoint": loaded.path.name, "checkpoint_digest": file_digest(loaded.path), "scope": scope,
               "n": len(samples), "target_coverage": COVERAGE, "interval_temperature": {}, "coverage_before": {},
               "coverage_after": {}}
     for tta, logits in (("none", plain), ("flip", (plain + mirrored) / 2)):
@@ -130,7 +108,7 @@ def saved_temperature(checkpoint: Path, tta: str) -> float | None:
         return None
     try:
         record = json.loads(path.read_text())
-        name, digest, temps = record["checkpoint"], record["checkpoint_sha256"], record["interval_temperature"]
+        name, digest, temps = record["checkpoint"], record["checkpoint_digest"], record["interval_temperature"]
     except (OSError, ValueError, KeyError, TypeError):
         print(f"warning: {path} is unreadable; intervals are uncalibrated (run faceage calibrate again)", file=sys.stderr)
         return None

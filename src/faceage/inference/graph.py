@@ -7,6 +7,7 @@ mirror image and the two are averaged (twice the work, mirror-consistent by cons
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -36,3 +37,21 @@ class InferenceGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         record = self.net.decode_graph(self.head_outputs(image))
         return {k: record[k].float() for k in sorted(record)}
+
+
+def cached_head_outputs(net: FaceNet, cache, digests: list[str], batch_size: int = 64,
+                        progress=None) -> tuple[dict, dict]:
+    """The heads' raw outputs (float32 NumPy, one array per task) for decode-cached crops, and for
+    their mirror images: what distillation's teachers and interval calibration both read."""
+    graph = InferenceGraph(net).eval()
+    plain: dict[str, list] = {}
+    mirrored: dict[str, list] = {}
+    with torch.inference_mode():
+        for i in range(0, len(digests), batch_size):
+            images = torch.from_numpy(cache.gather(digests[i:i + batch_size]))
+            for into, x in ((plain, images), (mirrored, images.flip(2))):      # (B, H, W, C): flip W
+                for task, out in graph.head_outputs(x, flip=False).items():
+                    into.setdefault(task, []).append(out.float().numpy())
+            if progress:
+                progress(min(i + batch_size, len(digests)), len(digests))
+    return ({k: np.concatenate(v) for k, v in plain.items()}, {k: np.concatenate(v) for k, v in mirrored.items()})

@@ -52,21 +52,13 @@ def _load_teacher(model: str):
 def teacher_answers(loaded, cache, digests: list[str], batch_size: int = 64, progress=None) -> dict[str, np.ndarray]:
     """One teacher's flip-averaged age distribution (N, 101) and female probability (N,) (NaN
     without a gender head), for cached images."""
-    import torch
-
-    from ..inference.graph import InferenceGraph
-    graph = InferenceGraph(loaded.net).eval()
-    dist, female = [], []
-    with torch.inference_mode():
-        for i in range(0, len(digests), batch_size):
-            images = torch.from_numpy(cache.gather(digests[i:i + batch_size]))
-            out = graph.head_outputs(images, flip=True)
-            dist.append(out["age_dist"].float().softmax(dim=1).numpy())
-            female.append(torch.sigmoid(out["gender"].float().squeeze(1)).numpy() if "gender" in out
-                          else np.full(len(images), np.nan, np.float32))
-            if progress:
-                progress(min(i + batch_size, len(digests)), len(digests))
-    return {"age_dist": np.concatenate(dist), "gender_prob": np.concatenate(female)}
+    from ..inference.graph import cached_head_outputs
+    plain, mirrored = cached_head_outputs(loaded.net, cache, digests, batch_size, progress)
+    logits = (plain["age_dist"] + mirrored["age_dist"]) / 2            # as the graph's flip averaging
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    female = (1 / (1 + np.exp(-(plain["gender"] + mirrored["gender"])[:, 0] / 2)) if "gender" in plain
+              else np.full(len(digests), np.nan, np.float32))
+    return {"age_dist": (z / z.sum(axis=1, keepdims=True)).astype(np.float32), "gender_prob": female.astype(np.float32)}
 
 
 def make_soft_targets(teachers: list[str], data: str, out: str | Path, cache_dir=None, batch_size: int = 64,
