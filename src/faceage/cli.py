@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -261,7 +262,7 @@ def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
     r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta,
-                    interval_temperature=args.interval_temperature)
+                    interval_temperature=args.interval_temperature, calibration=args.calibration)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:g})")
@@ -330,12 +331,28 @@ def _cmd_calibrate(args) -> int:
     from .inference.calibration import calibrate
     from .training.fit import default_data_path
 
+    prior = args.age_prior
+    if prior is not None and prior != "auto":
+        try:
+            prior = float(prior)
+        except ValueError:
+            prior = -1.0
+        if not 0 <= prior <= 1:
+            raise ConfigError(f"--age-prior must be 'auto' or a strength from 0 to 1; got {args.age_prior!r}")
+    if not (math.isfinite(args.mae_budget) and 0 <= args.mae_budget <= 100):
+        raise ConfigError(f"--mae-budget must be a percentage from 0 to 100; got {args.mae_budget}")
     r = calibrate(args.model, args.data or default_data_path(), split=args.split, split_file=args.split_file,
-                  cache_dir=args.cache_dir)
-    print(f"fitted on {r['n']} faces ({r['scope']}); 90% interval coverage:")
+                  cache_dir=args.cache_dir, age_prior=prior, mae_budget=args.mae_budget / 100)
+    print(f"fitted on {r['n']} faces ({r['scope']})")
     for tta in ("none", "flip"):
-        print(f"  tta {tta}: {r['coverage_before'][tta]:.1%} -> {r['coverage_after'][tta]:.1%} at interval temperature "
-              f"{r['interval_temperature'][tta]:.3f}")
+        if "age_prior_strength" in r:
+            sweep = {row["strength"]: row for row in r["prior_sweep"][tta]}
+            a, b = sweep[0.0], sweep[r["age_prior_strength"][tta]]
+            print(f"  tta {tta}: age prior strength {r['age_prior_strength'][tta]:.2f}: MAE {a['mae']:.3f} -> "
+                  f"{b['mae']:.3f}, balanced MAE {a['balanced_mae']:.3f} -> {b['balanced_mae']:.3f}" +
+                  (f", MAE 60+ {a['mae_60plus']:.2f} -> {b['mae_60plus']:.2f}" if a["mae_60plus"] is not None else ""))
+        print(f"  tta {tta}: 90% interval coverage {r['coverage_before'][tta]:.1%} -> {r['coverage_after'][tta]:.1%} "
+              f"at interval temperature {r['interval_temperature'][tta]:.3f}")
     print(f"wrote {r['path']}: loading {r['checkpoint']} and faceage export now use it")
     return 0
 
@@ -445,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "each face with its mirror image (default: the checkpoint's)")
     ex.add_argument("--interval-temperature", type=float, metavar="T",
                     help="temperature of the 90%% age interval (default: what faceage calibrate fitted to this "
-                         "checkpoint, else 1); e.g. carry a split run's calibration to an all-data run")
+                         "checkpoint, else 1)")
+    ex.add_argument("--calibration", metavar="FILE",
+                    help="apply this calibration.json although another checkpoint's (e.g. carry a split run's "
+                         "calibration to the same recipe trained on all the data)")
     ex.set_defaults(func=_cmd_export)
 
     ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split")
@@ -455,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which part of the run's split to fit on (default val: held out from training)")
     ca.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
     ca.add_argument("--cache-dir", help="decode cache folder (default: $FACEAGE_CACHE or ~/.cache/faceage)")
+    ca.add_argument("--age-prior", metavar="auto|S",
+                    help="also correct the estimates' pull toward common ages: read ages from softmax(logits - S * "
+                         "log training-age distribution), S from 0 (as trained) to 1; 'auto' takes the largest S "
+                         "whose validation MAE stays within --mae-budget of the uncorrected one (default: off)")
+    ca.add_argument("--mae-budget", type=float, default=1.0, metavar="PERCENT",
+                    help="with --age-prior auto: validation MAE it may cost, in percent (default 1)")
     ca.set_defaults(func=_cmd_calibrate)
 
     sv = sub.add_parser("serve", help="a local web page and HTTP API for a model (FastAPI + uvicorn)")

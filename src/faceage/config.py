@@ -122,6 +122,9 @@ class TrainConfig:
     monitor_mode: str = "min"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress_bar: Any = "auto"   # auto (only on a terminal) | true | false
+    # Exponential moving average of the weights (0 off; e.g. 0.999 averages about the last 1,000
+    # steps): validation, best/last.ckpt and export use the averaged weights (training/callbacks.py).
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -353,6 +356,7 @@ RANGES = [
     ("train.epochs", _at_least(1), "at least 1"),
     ("train.seed", lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 4294967295"),
     ("train.num_nodes", _at_least(1), "at least 1"),
+    ("train.ema_decay", _rate, "a decay in [0, 1) (0 off; e.g. 0.999)"),
     ("train.early_stopping.patience", _non_negative, "0 or more epochs"),
     ("train.early_stopping.min_delta", _non_negative, "a non-negative number"),
     ("distill.weight", _fraction, "the teachers' share of each target, in [0, 1]"),

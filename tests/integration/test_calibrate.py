@@ -106,3 +106,63 @@ def test_calibrate_refuses_what_it_cannot_fit(run, real_subset, tmp_path):
     assert r.returncode != 0 and "too few" in r.stderr and "Traceback" not in r.stderr
     r = faceage("export", run, "--out", tmp_path / "x.onnx", "--interval-temperature", "-1")
     assert r.returncode != 0 and "positive" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tmp_path):
+    from faceage.inference.calibration import corrected_ages
+    r = faceage("calibrate", run, "--data", real_subset, "--age-prior", "auto")
+    assert r.returncode == 0, r.stderr
+    assert "age prior strength" in r.stdout and "balanced MAE" in r.stdout
+    auto = json.loads((run / "calibration.json").read_text())
+    assert len(auto["age_prior"]) == 101 and auto["mae_budget"] == 0.01
+    for tta in ("none", "flip"):                        # auto: the largest strength within 1% of the MAE
+        sweep = auto["prior_sweep"][tta]
+        within = [row["strength"] for row in sweep if row["mae"] <= sweep[0]["mae"] * 1.01]
+        assert auto["age_prior_strength"][tta] == max(within)
+        assert auto["coverage_after"][tta] >= 0.90
+
+    # A fixed strength: loading the checkpoint reads ages from the corrected distribution.
+    r = faceage("calibrate", run, "--data", real_subset, "--age-prior", "0.6")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["age_prior_strength"] == {"none": 0.6, "flip": 0.6} and saved["mae_budget"] is None
+    calibrated = load_runner(run)
+    assert calibrated.spec.age_prior_strength == 0.6
+    faces = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    import torch
+    from faceage.inference.graph import InferenceGraph
+    with torch.inference_mode():
+        logits = InferenceGraph(calibrated.graph.net).head_outputs(torch.from_numpy(faces))["age_dist"].numpy()
+    got = calibrated.predict(faces)["age"]
+    assert np.allclose(got, corrected_ages(logits, 0.6, saved["age_prior"]), atol=1e-3)
+
+    # Carried to another checkpoint by export --calibration (here: the same run's file, copied away),
+    # baked into the ONNX graph: onnxruntime answers what the calibrated torch model answers.
+    carried = tmp_path / "split-run-calibration.json"
+    carried.write_text(json.dumps({**saved, "checkpoint": "other.ckpt", "checkpoint_digest": "0" * 32}))
+    (run / "calibration.json").unlink()
+    try:
+        r = faceage("export", run, "--out", tmp_path / "m.onnx", "--calibration", carried)
+        assert r.returncode == 0, r.stderr
+        spec = json.loads((tmp_path / "m.json").read_text())["model"]
+        assert spec["age_prior_strength"] == 0.6 and spec["interval_temperature"] == saved["interval_temperature"]["none"]
+        assert np.allclose(load_runner(tmp_path / "m.onnx").predict(faces)["age"], got, atol=1e-3)
+        assert load_checkpoint(run).spec.age_prior_strength == 0.0       # the checkpoint itself stays uncalibrated
+    finally:
+        (run / "calibration.json").write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("args, words", [(["--age-prior", "2"], "from 0 to 1"), (["--age-prior", "young"], "'auto'"),
+                                         (["--age-prior", "auto", "--mae-budget", "-1"], "--mae-budget")])
+def test_calibrate_refuses_bad_prior_options(run, real_subset, args, words):
+    r = faceage("calibrate", run, "--data", real_subset, *args)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_refuses_a_missing_or_broken_calibration_file(run, tmp_path):
+    r = faceage("export", run, "--out", tmp_path / "m.onnx", "--calibration", tmp_path / "none.json")
+    assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad.json").write_text("{")
+    r = faceage("export", run, "--out", tmp_path / "m.onnx", "--calibration", tmp_path / "bad.json")
+    assert r.returncode != 0 and "cannot be applied" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m.onnx").exists()

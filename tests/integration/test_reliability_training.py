@@ -128,6 +128,29 @@ def test_killed_and_resumed_run_equals_an_unbroken_one(runs):
     assert debris(killed) == [] and debris(ref) == []
 
 
+def test_weight_averaging_resumes_where_an_unbroken_run_ends(runs, env):
+    """train.ema_decay: checkpoints hold the averaged weights as the model (and the trained ones
+    beside them), and a run killed mid-epoch and while writing a checkpoint ends bit for bit
+    where an unbroken one does, both sets of weights included."""
+    import torch
+    ema = [*TINY, "train.ema_decay=0.9"]
+    data = ["--data", runs["data"]]
+    ref, killed = runs["root"] / "ema-unbroken", runs["root"] / "ema-killed"
+    p_ref = start(["train", *ema, *data, "--out", ref], env)
+    first = finish(start(["train", *ema, *data, "--out", killed], env, kill_at="mid_epoch:2"))
+    second = run(["train", "--resume", killed, *data], env, kill_at="checkpoint_write:3")
+    last = run(["train", "--resume", killed, *data], env)
+    assert finish(p_ref)[0] == 0 and (first[0], second[0], last[0]) == (-9, -9, 0), last[2][-2000:]
+    assert history(killed) == history(ref)
+    a, b = (torch.load(d / "last.ckpt", map_location="cpu", weights_only=True) for d in (ref, killed))
+    for key in ("state_dict", "current_model_state"):
+        assert a[key].keys() == b[key].keys() and all(a[key][k].equal(b[key][k]) for k in a[key]), key
+    assert a["averaging_state"]["n_averaged"].item() == b["averaging_state"]["n_averaged"].item() > 0
+    conv = next(k for k in a["state_dict"] if k.endswith("weight"))
+    assert not a["state_dict"][conv].equal(a["current_model_state"][conv])   # the average is not the last step
+    assert history(ref) != history(runs["ref"])                               # and it is what validation scored
+
+
 def test_last_ckpt_is_written_after_every_epoch(runs, tmp_path, env):
     """last.ckpt holds the latest epoch even when it is not the best one; best.ckpt the best."""
     import torch

@@ -138,3 +138,45 @@ def test_fit_temperature_refuses_ages_no_interval_can_hold():
     logits, _ = _noisy_logits(200, noise=1.0, sigma=2.0)
     with pytest.raises(DataError, match="no interval temperature"):
         fit_temperature(logits, np.full(200, 130.0))  # beyond the head's last year (100)
+
+
+def test_age_prior_correction_divides_the_training_prior_out():
+    from faceage.inference.calibration import corrected_ages, training_age_prior
+    h = AgeDistributionHead(4, sigma=2.0)
+    out = torch.randn(32, 101) * 3
+    plain = h.decode(out)
+    prior = training_age_prior(np.r_[np.full(900, 25.0), np.full(100, 70.0)])     # mostly young faces
+    assert len(prior) == 101 and min(prior) > 0 and abs(sum(prior) - 1) < 1e-9
+    assert prior[25] > prior[70] > prior[95]
+    h.set_age_prior(0.0, prior)                                    # strength 0: the model as trained
+    assert torch.equal(h.decode(out)["age"], plain["age"])
+    h.set_age_prior(0.7, list(np.full(101, 0.3)))                  # a flat prior corrects nothing
+    assert torch.allclose(h.decode(out)["age"], plain["age"], atol=1e-4)
+    h.set_age_prior(0.7, prior)
+    got = h.decode(out)
+    want = (out - 0.7 * torch.log(torch.tensor(prior, dtype=torch.float32))).softmax(1) @ torch.arange(101.0)
+    assert torch.allclose(got["age"], want, atol=1e-4)
+    assert np.allclose(got["age"].numpy(), corrected_ages(out.numpy(), 0.7, prior), atol=1e-3)   # what calibrate scores
+    # A face the model reads as "25 or 70" moves toward the rarer 70 once the prior is divided out.
+    two = torch.full((1, 101), -20.0)
+    two[0, 25] = two[0, 70] = 0.0
+    assert h.decode(two)["age"].item() > AgeDistributionHead(4).decode(two)["age"].item() + 5
+    with pytest.raises(ValueError, match="positive frequencies"):
+        h.set_age_prior(0.5, [0.0] * 101)
+
+
+def test_auto_strength_is_the_largest_within_the_mae_budget():
+    from faceage.inference.calibration import PRIOR_STEPS, choose_strength, prior_sweep
+    logits, ages = _noisy_logits(1500, noise=4.0, sigma=4.0)
+    # A model that learnt a young prior: its logits favour 20-40 whatever the face.
+    years = np.arange(101)
+    biased = logits - 0.02 * (years[None] - 30.0) ** 2 / 10
+    prior = np.exp(-0.5 * ((years - 30.0) / 15) ** 2) + 1e-3
+    sweep = prior_sweep(biased, ages, prior)
+    assert [r["strength"] for r in sweep] == list(PRIOR_STEPS)
+    s = choose_strength(sweep, 0.01)
+    chosen = next(r for r in sweep if r["strength"] == s)
+    assert chosen["mae"] <= sweep[0]["mae"] * 1.01
+    assert all(r["mae"] > sweep[0]["mae"] * 1.01 for r in sweep if r["strength"] > s)
+    assert choose_strength(sweep, 0.0) == max(r["strength"] for r in sweep if r["mae"] <= sweep[0]["mae"])
+    assert choose_strength(sweep, 10.0) == 1.0

@@ -100,9 +100,9 @@ class LoadedModel:
         return self.net.spec
 
     def set_spec(self, spec: ModelSpec) -> None:
-        """A changed inference setting (tta, interval temperature), kept in the description too."""
+        """A changed inference setting (tta, calibration), kept in the description too."""
         self.net.spec = spec
-        self.net.set_interval_temperature(spec.interval_temperature)
+        self.net.apply_calibration()
         self.meta["model"] = spec.to_dict()
 
     @property
@@ -111,8 +111,8 @@ class LoadedModel:
 
 
 def load_checkpoint(model: str | Path, calibrated: bool = True) -> LoadedModel:
-    """``calibrated``: apply the interval temperature of a ``calibration.json`` beside the
-    checkpoint that was fitted to it (see ``inference/calibration.py``)."""
+    """``calibrated``: apply the calibration (interval temperature, age prior correction) of a
+    ``calibration.json`` beside the checkpoint that was fitted to it (see ``inference/calibration.py``)."""
     path = resolve_checkpoint_path(model)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -132,8 +132,8 @@ def load_checkpoint(model: str | Path, calibrated: bool = True) -> LoadedModel:
     net.eval()
     loaded = LoadedModel(net, dict(meta), path)
     if calibrated:
-        from .calibration import saved_temperature
-        t = saved_temperature(path, spec.tta)
-        if t is not None:
-            loaded.set_spec(replace(spec, interval_temperature=t))
+        from .calibration import saved_calibration
+        fields = saved_calibration(path, spec.tta)
+        if fields is not None:
+            loaded.set_spec(replace(spec, **fields))
     return loaded

@@ -34,12 +34,14 @@ def metrics_summary(path: str | Path) -> dict:
 
 def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18,
                 metrics: str | Path | None = None, tta: str | None = None,
-                interval_temperature: float | None = None) -> dict:
+                interval_temperature: float | None = None, calibration: str | Path | None = None) -> dict:
     """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
     (default: ``metrics.json`` beside the checkpoint, when there is one). ``tta``: override the
     checkpoint's test-time augmentation ("none" or "flip") in the exported graph.
-    ``interval_temperature``: the age interval's temperature (default: the one `faceage calibrate`
-    fitted to this checkpoint for the exported tta, else 1)."""
+    ``calibration``: a ``calibration.json`` to apply although it was fitted to another checkpoint
+    (e.g. the split run of the recipe, for a model trained on all the data); default: the one
+    `faceage calibrate` fitted to this checkpoint, if any. ``interval_temperature`` overrides the
+    calibration's temperature."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -52,9 +54,17 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     if tta is not None:
         from ..models.spec import resolve_spec
         loaded.set_spec(resolve_spec(loaded.spec, {"tta": tta}))
-    if interval_temperature is None:
-        from .calibration import saved_temperature
-        interval_temperature = saved_temperature(loaded.path, loaded.spec.tta)
+    from .calibration import read_calibration, saved_calibration
+    if calibration is not None:
+        if not Path(calibration).is_file():
+            raise FaceageError(f"calibration file not found: {calibration}")
+        fields = read_calibration(Path(calibration), loaded.spec.tta)
+        if fields is None:
+            raise FaceageError(f"{calibration} cannot be applied (see the warning above)")
+    else:
+        fields = saved_calibration(loaded.path, loaded.spec.tta)
+    if fields is not None:
+        loaded.set_spec(replace(loaded.spec, **fields))
     if interval_temperature is not None:
         loaded.set_spec(replace(loaded.spec, interval_temperature=float(interval_temperature)))
     out = Path(out) if out else loaded.path.parent / "model.onnx"

@@ -125,6 +125,11 @@ class AgeDistributionHead(TaskHead):
     width ``sigma`` around the true age, plus the L1 error of the expected age. The estimate is
     the expected value; the 5% and 95% quantiles of the predicted distribution give a 90%
     interval (read at the interval temperature, see ``inference/calibration.py``).
+
+    Decoding adds ``logit_offset`` to the logits first: zero after training; ``faceage calibrate
+    --age-prior`` sets it to ``-strength * log(prior)`` (logit adjustment, Menon et al. 2021), which
+    divides the training ages' distribution out of the prediction in part, so that rare (old) ages
+    are no longer pulled toward the common ones as hard.
     """
     task = "age_dist"
     n_classes = DIST_MAX_AGE + 1
@@ -134,6 +139,17 @@ class AgeDistributionHead(TaskHead):
         self.sigma = sigma
         self.interval_temperature = 1.0     # set from the spec by FaceNet (faceage calibrate fits it)
         self.register_buffer("years", torch.arange(self.n_classes, dtype=torch.float32), persistent=False)
+        self.register_buffer("logit_offset", torch.zeros(self.n_classes), persistent=False)   # ditto
+
+    def set_age_prior(self, strength: float, prior: list[float] | None) -> None:
+        """Decode from ``logits - strength * log(prior)``; strength 0 (or no prior) decodes the logits as trained."""
+        if strength == 0 or prior is None:
+            self.logit_offset.zero_()
+            return
+        p = torch.as_tensor(prior, dtype=torch.float64)
+        if p.shape != (self.n_classes,) or not bool(torch.isfinite(p).all()) or bool((p <= 0).any()):
+            raise ValueError(f"age_prior must be {self.n_classes} positive frequencies (ages 0..{DIST_MAX_AGE})")
+        self.logit_offset.copy_((-strength * torch.log(p / p.sum())).float())
 
     def target_distribution(self, age: torch.Tensor) -> torch.Tensor:
         a = age.clamp(0, DIST_MAX_AGE).unsqueeze(1)
@@ -153,6 +169,7 @@ class AgeDistributionHead(TaskHead):
         return soft_ce + F.l1_loss(expected, age.clamp(0, DIST_MAX_AGE))
 
     def decode(self, out):
+        out = out + self.logit_offset
         p = out.softmax(dim=1)
         # The interval may come from a tempered distribution (calibrated coverage); the estimate never does.
         t = self.interval_temperature

@@ -24,15 +24,21 @@ class FaceNet(nn.Module):
             for task in spec.tasks
         })
         self.register_buffer("bin_edges", torch.tensor(spec.age_bins, dtype=torch.float32), persistent=False)
-        self.set_interval_temperature(spec.interval_temperature)
+        self.apply_calibration()
 
     def set_interval_temperature(self, temperature: float) -> None:
         """Read age intervals from ``softmax(logits / temperature)`` (a calibration; estimates keep T = 1)."""
         if float(temperature) != self.spec.interval_temperature:       # (keeps the caller's spec object otherwise)
             self.spec = replace(self.spec, interval_temperature=float(temperature))
-        for head in self.heads.values():
-            if hasattr(head, "interval_temperature"):
-                head.interval_temperature = float(temperature)
+        self.apply_calibration()
+
+    def apply_calibration(self) -> None:
+        """Give the age head the spec's inference-only calibration (interval temperature, age prior
+        correction; see ``inference/calibration.py``)."""
+        head = self.heads["age_dist"] if "age_dist" in self.heads else None
+        if head is not None:
+            head.interval_temperature = float(self.spec.interval_temperature)
+            head.set_age_prior(float(self.spec.age_prior_strength), self.spec.age_prior)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)             # (B, F)

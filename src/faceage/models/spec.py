@@ -39,6 +39,8 @@ class ModelSpec:
     tta: str = "none"                 # inference only: "flip" averages each face with its mirror image
     interval_temperature: float = 1.0  # inference only: the 90% interval is read from softmax(logits / T)
                                        # (fitted by faceage calibrate; see inference/calibration.py)
+    age_prior_strength: float = 0.0   # inference only: age read from softmax(logits - strength * log age_prior),
+    age_prior: list[float] | None = None   # the training ages' distribution over 0..100 (faceage calibrate --age-prior)
 
     def to_dict(self) -> dict:
         d = asdict(self)

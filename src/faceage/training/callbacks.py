@@ -1,5 +1,5 @@
-"""Callbacks: per-epoch history (CSV/JSON + Keras-style console line), curves, unfreezing, and
-the run's checkpoints (``last.ckpt`` after every epoch, ``best.ckpt`` when the monitor improves)."""
+"""Callbacks: per-epoch history (CSV/JSON + Keras-style console line), curves, unfreezing, weight
+averaging, and the run's checkpoints (``last.ckpt`` after every epoch, ``best.ckpt`` when the monitor improves)."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar, WeightAveraging
 
 from ..atomic import atomic_link_or_copy, atomic_write_json, atomic_write_text
 from ..errors import ConfigError
@@ -123,6 +123,31 @@ class UnfreezeAt(L.Callback):
                 pl_module.net.set_frozen(False)
                 pl_module.net.train()
                 print(f"unfroze all layers at epoch {trainer.current_epoch + 1}", file=sys.stderr)
+
+
+class WarmedUpEMA:
+    """The moving-average rule for :func:`weight_ema`: ``decay`` once enough steps have been
+    averaged, ``(1 + n) / (10 + n)`` before (as timm's and TensorFlow's EMA), so a short run
+    is not an average dominated by the untrained start. A class, not a closure: it is pickled
+    with the trainer where processes are spawned."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = min(self.decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return averaged + (current - averaged) * (1.0 - d)
+
+
+def weight_ema(decay: float) -> WeightAveraging:
+    """Lightning's weight averaging with an exponential moving average of every parameter and
+    buffer (batch-norm statistics too), updated after each optimizer step.
+
+    Lightning swaps the averaged weights in for validation (so the history, the monitor and
+    best.ckpt are the averaged model's) and writes them as the checkpoint's ``state_dict``
+    (what inference, export and evaluation load); the weights being trained travel beside them
+    as ``current_model_state``, so ``--resume`` goes on from both."""
+    return WeightAveraging(avg_fn=WarmedUpEMA(decay))
 
 
 # -- random number generators ---------------------------------------------------------------

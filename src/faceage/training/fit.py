@@ -132,7 +132,7 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
 
     from ..data.datamodule import FaceDataModule
     from ..inference.checkpoint import AtomicCheckpointIO
-    from .callbacks import History, RunCheckpoint, UnfreezeAt
+    from .callbacks import History, RunCheckpoint, UnfreezeAt, weight_ema
     from .faults import FaultInjection, armed
     from .module import FaceAgeModule
 
@@ -178,6 +178,8 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
                                        check_on_train_epoch_end=True))
     if spec.unfreeze_epoch:
         callbacks.append(UnfreezeAt(spec.unfreeze_epoch))
+    if t.ema_decay > 0:
+        callbacks.append(weight_ema(t.ema_decay))
     if armed():
         callbacks.append(FaultInjection())
     if launch.distributed:
