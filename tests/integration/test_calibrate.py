@@ -88,6 +88,10 @@ def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_su
         path.write_text("{")                                                     # a truncated file
         assert load_checkpoint(run).spec.interval_temperature == 1.0
         assert "unreadable" in capsys.readouterr().err
+        path.write_text(json.dumps({**record, "age_prior_strength": {"none": 0.5, "flip": 0.5},
+                                    "age_prior": [0.01] * 100 + [-1.0]}))        # a damaged prior
+        assert load_checkpoint(run).spec.age_prior_strength == 0.0
+        assert "out of range" in capsys.readouterr().err
     finally:
         path.write_text(json.dumps(record))
     assert load_checkpoint(run).spec.interval_temperature == record["interval_temperature"]["none"]

@@ -194,10 +194,18 @@ def read_calibration(path: Path, tta: str, checkpoint: Path | None = None) -> di
             print(f"warning: {path} was fitted to an earlier {checkpoint.name}; the model is uncalibrated "
                   f"(run faceage calibrate again)", file=sys.stderr)
             return None
-    if not (np.isfinite(t) and t > 0 and 0 <= strength <= 1) or (strength and not isinstance(prior, list)):
+    if not (np.isfinite(t) and t > 0 and 0 <= strength <= 1) or (strength and not _is_prior(prior)):
         print(f"warning: {path} holds values out of range; the model is uncalibrated", file=sys.stderr)
         return None
     return {"interval_temperature": t, "age_prior_strength": strength, "age_prior": prior if strength else None}
+
+
+def _is_prior(prior) -> bool:
+    try:
+        p = np.asarray(prior, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return p.shape == (MAX_AGE + 1,) and bool(np.isfinite(p).all() and (p > 0).all())
 
 
 def saved_calibration(checkpoint: Path, tta: str) -> dict | None:
