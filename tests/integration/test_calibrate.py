@@ -170,3 +170,13 @@ def test_export_refuses_a_missing_or_broken_calibration_file(run, tmp_path):
     r = faceage("export", run, "--out", tmp_path / "m.onnx", "--calibration", tmp_path / "bad.json")
     assert r.returncode != 0 and "cannot be applied" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_age_prior_needs_the_runs_training_ages(run, real_subset, tmp_path):
+    import shutil
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "best.ckpt", alone / "best.ckpt")          # no split.csv beside it
+    r = faceage("calibrate", alone / "best.ckpt", "--data", real_subset, "--age-prior", "auto")
+    assert r.returncode != 0 and "split.csv" in r.stderr and "Traceback" not in r.stderr
+    assert not (alone / "calibration.json").exists()
