@@ -149,6 +149,8 @@ def test_weight_averaging_resumes_where_an_unbroken_run_ends(runs, env):
     conv = next(k for k in a["state_dict"] if k.endswith("weight"))
     assert not a["state_dict"][conv].equal(a["current_model_state"][conv])   # the average is not the last step
     assert history(ref) != history(runs["ref"])                               # and it is what validation scored
+    from faceage.evaluation.compare import run_row
+    assert run_row(ref)["optimizer"].endswith("weight EMA 0.9") and "EMA" not in run_row(runs["ref"])["optimizer"]
 
 
 def test_last_ckpt_is_written_after_every_epoch(runs, tmp_path, env):

@@ -85,6 +85,8 @@ def test_ablate_then_compare_and_resume(tmp_path, synthetic_utk):
     rows = list(csv.DictReader((tmp_path / "abl/compare.csv").open()))
     assert [row["run"] for row in rows] == ["base", "drop"]
     assert rows[0]["params"] == "203434" and rows[0]["stop epoch"] == "2" and rows[0]["verdict"]
+    assert rows[0]["tasks"] and all(t.split()[0] in ("age_reg", "age_bins", "age_dist", "gender", "race")
+                                    for t in rows[0]["tasks"].split(", "))
     assert "| base | keras-baseline-28 | 28x28x1 | 203,434 |" in r.stdout
     # A second call reruns nothing.
     r2 = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,7 +14,7 @@ from ..errors import DataError
 from .diagnose import diagnose
 from .histories import load_history
 
-COLUMNS = ["run", "model", "input", "params", "trainable", "frozen", "layers", "optimizer", "lr", "batch", "augmentation",
+COLUMNS = ["run", "model", "input", "params", "trainable", "frozen", "layers", "tasks", "optimizer", "lr", "batch", "augmentation",
            "early stopping", "stop epoch", "best epoch", "ms/step", "train time", "test MAE", "test CS@5", "gender acc",
            "bin acc", "verdict", "val fluctuation"]
 
@@ -55,7 +55,8 @@ def run_row(run: Path) -> dict:
     return {
         "run": run.name, "model": spec.name, "input": f"{spec.input_size}x{spec.input_size}x{spec.channels}",
         "params": total, "trainable": trainable, "frozen": total - trainable, "layers": layers,
-        "optimizer": cfg.optim.name,
+        "tasks": ", ".join(f"{t} {w:g}" for t, w in spec.tasks.items()),          # the heads and their loss weights
+        "optimizer": cfg.optim.name + (f", weight EMA {cfg.train.ema_decay:g}" if cfg.train.ema_decay > 0 else ""),
         "lr": f"{cfg.optim.lr:g}" + (f" (backbone x{cfg.optim.backbone_lr_scale:g})" if cfg.optim.backbone_lr_scale != 1 else ""),
         "batch": cfg.data.batch_size, "augmentation": aug,
         "early stopping": f"patience {es.patience}, min_delta {es.min_delta:g}" if es.enabled else "off",
