@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,7 +56,8 @@ def test_calibrate_fits_coverage_and_every_loader_applies_it(run, real_subset, t
     assert r.returncode == 0, r.stderr
     assert json.loads(metrics.read_text())["interval90_coverage"] == pytest.approx(saved["coverage_after"]["none"], abs=2 / n_val)
     calibrated, plain = load_runner(run), load_runner(run)
-    plain.graph.net.set_interval_temperature(1.0)
+    plain.graph.net.spec = replace(plain.spec, interval_temperature=1.0)
+    plain.graph.net.apply_calibration()
     faces = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
     a, b = calibrated.predict(faces), plain.predict(faces)
     assert np.array_equal(a["age"], b["age"]) and calibrated.spec.interval_temperature == saved["interval_temperature"]["none"]

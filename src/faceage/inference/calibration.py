@@ -50,9 +50,14 @@ def training_age_prior(ages: np.ndarray) -> list[float]:
     return [float(v) for v in smooth / smooth.sum()]
 
 
+def prior_offset(strength: float, prior) -> np.ndarray:
+    """What the age prior correction adds to the age logits: ``-strength * log prior``."""
+    return -strength * np.log(np.asarray(prior, dtype=np.float64))
+
+
 def corrected_ages(logits: np.ndarray, strength: float, prior) -> np.ndarray:
     """The expected age of ``softmax(logits - strength * log prior)``, as the head decodes it."""
-    z = logits.astype(np.float64) - strength * np.log(np.asarray(prior, dtype=np.float64))
+    z = logits.astype(np.float64) + prior_offset(strength, prior)
     p = np.exp(z - z.max(axis=1, keepdims=True))
     return (p / p.sum(axis=1, keepdims=True)) @ np.arange(logits.shape[1])
 
@@ -151,7 +156,7 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
             sweep = prior_sweep(logits, ages, prior)
             strength = choose_strength(sweep, mae_budget) if age_prior == "auto" else float(age_prior)
             result["age_prior_strength"][tta], result["prior_sweep"][tta] = strength, sweep
-            logits = logits - strength * np.log(np.asarray(prior))    # the interval is the corrected distribution's
+            logits = logits + prior_offset(strength, prior)     # the interval is the corrected distribution's
         t = fit_temperature(logits, ages)
         result["interval_temperature"][tta] = t
         result["coverage_after"][tta] = coverage(logits, ages, t)

@@ -1,8 +1,6 @@
 """FaceNet: a backbone plus one head per task, with weighted losses and a merged decoding."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn as nn
 
@@ -24,12 +22,6 @@ class FaceNet(nn.Module):
             for task in spec.tasks
         })
         self.register_buffer("bin_edges", torch.tensor(spec.age_bins, dtype=torch.float32), persistent=False)
-        self.apply_calibration()
-
-    def set_interval_temperature(self, temperature: float) -> None:
-        """Read age intervals from ``softmax(logits / temperature)`` (a calibration; estimates keep T = 1)."""
-        if float(temperature) != self.spec.interval_temperature:       # (keeps the caller's spec object otherwise)
-            self.spec = replace(self.spec, interval_temperature=float(temperature))
         self.apply_calibration()
 
     def apply_calibration(self) -> None:
