@@ -261,11 +261,22 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
+    if not args.int8 and (args.data or args.int8_faces is not None):
+        raise ConfigError("--data and --int8-faces choose the faces that fit an int8 model's ranges: add --int8")
     r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta,
-                    interval_temperature=args.interval_temperature, calibration=args.calibration)
+                    interval_temperature=args.interval_temperature, calibration=args.calibration,
+                    int8=args.int8, int8_data=args.data, int8_faces=args.int8_faces)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
-          f"(tolerance {r['tolerance']:g})")
+          f"(tolerance {r['tolerance']:g})" + (" (the float graph)" if args.int8 else ""))
+    if args.int8:
+        q, c = r["quantization"], r["quantization"]["check"]
+        line = f"int8: ranges fitted on {q['calibration_faces']} faces; on {c['faces']} other faces against the float model:"
+        if "age_mean_abs_diff" in c:
+            line += f" age differs by {c['age_mean_abs_diff']:.2f} years on average (at most {c['age_max_abs_diff']:.1f})"
+        if "gender_agreement" in c:
+            line += f", gender agrees on {c['gender_agreement']:.1%}"
+        print(line)
     return 0
 
 
@@ -466,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration", metavar="FILE",
                     help="apply this calibration.json although another checkpoint's (e.g. carry a split run's "
                          "calibration to the same recipe trained on all the data)")
+    ex.add_argument("--int8", action="store_true",
+                    help="write an int8 model (8-bit convolutions): about 1.5-2x faster on CPUs with VNNI, slower on "
+                         "CPUs without; its ranges are fitted on face crops (default out: RUN_DIR/model-int8.onnx)")
+    ex.add_argument("--data", help="with --int8: the faces to fit the ranges on (default: $FACEAGE_DATA or the shared "
+                                   "UTKFace; the run's validation faces when its split.csv names them)")
+    ex.add_argument("--int8-faces", type=int, metavar="N", help="with --int8: how many faces fit the ranges (default 400)")
     ex.set_defaults(func=_cmd_export)
 
     ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split")

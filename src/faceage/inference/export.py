@@ -34,14 +34,19 @@ def metrics_summary(path: str | Path) -> dict:
 
 def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 18,
                 metrics: str | Path | None = None, tta: str | None = None,
-                interval_temperature: float | None = None, calibration: str | Path | None = None) -> dict:
+                interval_temperature: float | None = None, calibration: str | Path | None = None,
+                int8: bool = False, int8_data: str | None = None, int8_faces: int | None = None,
+                cache_dir=None) -> dict:
     """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
     (default: ``metrics.json`` beside the checkpoint, when there is one). ``tta``: override the
     checkpoint's test-time augmentation ("none" or "flip") in the exported graph.
     ``calibration``: a ``calibration.json`` to apply although it was fitted to another checkpoint
     (e.g. the split run of the recipe, for a model trained on all the data); default: the one
     `faceage calibrate` fitted to this checkpoint, if any. ``interval_temperature`` overrides the
-    calibration's temperature."""
+    calibration's temperature. ``int8``: write the int8 version instead (``quantize.py``), its
+    activation ranges fitted on ``int8_faces`` crops of ``int8_data`` (default: the run's validation
+    faces in the default dataset); the float graph is verified against torch, the int8 one
+    against the float one."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -67,7 +72,12 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
         loaded.set_spec(replace(loaded.spec, **fields))
     if interval_temperature is not None:
         loaded.set_spec(replace(loaded.spec, interval_temperature=float(interval_temperature)))
-    out = Path(out) if out else loaded.path.parent / "model.onnx"
+    out = Path(out) if out else loaded.path.parent / ("model-int8.onnx" if int8 else "model.onnx")
+    if int8:     # bad options or too few faces fail before the export work
+        from ..training.fit import default_data_path
+        from .quantize import CALIBRATION_FACES, calibration_faces
+        fit_faces, check_faces = calibration_faces(loaded, int8_data or default_data_path(),
+                                  CALIBRATION_FACES if int8_faces is None else int8_faces, cache_dir)
     graph = InferenceGraph(loaded.net).eval()
     s = loaded.preprocess
     sample = torch.randint(0, 256, (2, s.size, s.size, s.channels), dtype=torch.uint8)
@@ -81,7 +91,14 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
                                         output_names=sorted(graph(sample)), verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
             program.save(str(tmp))
-    atomic_write_via(out, write)
+    if int8:
+        import tempfile
+        scratch = tempfile.TemporaryDirectory()
+        float_path = Path(scratch.name) / "float.onnx"
+        write(float_path)
+    else:
+        float_path = out
+        atomic_write_via(out, write)
     meta = dict(loaded.meta)
     meta.update({"input": {"name": "image", "dtype": "uint8", "shape": ["batch", s.size, s.size, s.channels],
                            "meaning": "face crops framed per 'preprocess', raw pixel values (RGB or gray)"},
@@ -95,10 +112,10 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     if Path(metrics).is_file():
         meta["metrics"] = metrics_summary(metrics)
     sidecar = out.with_suffix(".json")
-    atomic_write_json(sidecar, meta)
+    atomic_write_json(float_path.with_suffix(".json"), meta)      # the runner reads it
 
     # Verify: onnxruntime loads it and agrees with torch, including a batch size not exported with.
-    runner = OnnxRunner(out)
+    runner = OnnxRunner(float_path)
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in (1, 5):
@@ -111,11 +128,17 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
                 raise FaceageError(f"the exported model answers NaN or infinity ('{k}'); {out} is not usable")
             worst = max(worst, float(np.abs(got[k] - ref[k]).max()))
     report = {"onnx": str(out), "sidecar": str(sidecar), "max_abs_diff": worst, "tolerance": TOLERANCE,
-              "batches_checked": [1, 5], "size_mb": round(out.stat().st_size / 2**20, 2)}
-    meta["verification"] = report
-    atomic_write_json(sidecar, meta)
+              "batches_checked": [1, 5]}
+    meta["verification"] = dict(report)
     if worst > TOLERANCE:
+        atomic_write_json(float_path.with_suffix(".json"), meta)
         raise FaceageError(f"exported model differs from torch by {worst:.3g} (> {TOLERANCE}); {out} is not reliable")
+    if int8:
+        from .quantize import quantize_to
+        with scratch:
+            report["quantization"] = meta["quantization"] = quantize_to(float_path, out, meta, fit_faces, check_faces)
+    report["size_mb"] = meta["verification"]["size_mb"] = round(out.stat().st_size / 2**20, 2)
+    atomic_write_json(sidecar, meta)
     return report
 
 
