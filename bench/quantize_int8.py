@@ -4,7 +4,9 @@ Model-only ms per face at batch 1 and 32, the float and int8 files alternating i
 (spinning off in both sessions, so that one's idle threads do not slow the other), and the CPU's
 name and int8 instruction sets: int8 convolutions are fast only with VNNI.
 
-    .venv/bin/python bench/quantize_int8.py FLOAT.onnx INT8.onnx [--reps 30] [--threads 2]
+    .venv/bin/python bench/quantize_int8.py FLOAT.onnx INT8.onnx [MORE.onnx ...] [--reps 30] [--threads 2]
+
+(Any exported models can be given; each is timed in turn, in the order given, every round.)
 
 Accuracy of the same two files: ``bench/accuracy_targets.py FLOAT.onnx INT8.onnx``. (This
 script's first version, commit 592ad41, quantized the default model itself, without excluding
@@ -37,36 +39,35 @@ def cpu_description() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("float_model")
-    ap.add_argument("int8_model")
+    ap.add_argument("models", nargs="+", help="exported .onnx files (e.g. float, then int8)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     ort = import_onnxruntime()
-    models = {"float32": a.float_model, "int8": a.int8_model}
+    models = {p: p for p in a.models}
     sessions = {}
     for name, path in models.items():
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = a.threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[name] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    size = json.loads(Path(a.float_model).with_suffix(".json").read_text())["preprocess"]["size"]
+    sizes = {k: json.loads(Path(p).with_suffix(".json").read_text())["preprocess"]["size"] for k, p in models.items()}
     print(f"cpu: {cpu_description()}; {a.threads} threads; onnxruntime {ort.__version__}")
     for name, path in models.items():
-        print(f"{name}: {path} ({Path(path).stat().st_size / 2**20:.1f} MB)")
+        print(f"{path}: {sizes[name]} px, {Path(path).stat().st_size / 2**20:.1f} MB")
     print("| model | batch | ms per face (median) |")
     print("|---|---|---|")
     rng = np.random.default_rng(0)
     for batch in (1, 32):
-        x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        xs = {k: rng.integers(0, 256, (batch, n, n, 3), dtype=np.uint8) for k, n in sizes.items()}
         times = {k: [] for k in sessions}
-        for s in sessions.values():
+        for k, s in sessions.items():
             for _ in range(3):
-                s.run(None, {"image": x})
+                s.run(None, {"image": xs[k]})
         for _ in range(a.reps if batch == 1 else max(3, a.reps // 4)):
             for k, s in sessions.items():
                 t = time.perf_counter()
-                s.run(None, {"image": x})
+                s.run(None, {"image": xs[k]})
                 times[k].append(time.perf_counter() - t)
         for k in sessions:
             print(f"| {k} | {batch} | {statistics.median(times[k]) * 1000 / batch:.2f} |")
