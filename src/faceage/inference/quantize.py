@@ -59,7 +59,8 @@ def quantize_onnx(float_path: Path, out: Path, faces: np.ndarray) -> dict:
         # Equal batches only: the percentile calibrator stacks every batch's activations into one
         # array and fails on a short last batch (a remainder of up to 7 faces is left out).
         # ``set_range`` lets onnxruntime collect a batch at a time ("CalibStridedMinMax"), merging
-        # histograms as it goes: all activations of 400 faces at once need tens of GB.
+        # histograms as it goes: all activations of 400 faces at once needed more memory than a
+        # 24 GB machine had free (the process was killed).
         def __init__(self, batch: int = 8):
             self.batches = [faces[i:i + batch] for i in range(0, len(faces) - batch + 1, batch)]
             self.set_range(0, len(self.batches))
