@@ -44,17 +44,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     ort = import_onnxruntime()
-    models = {p: p for p in a.models}
     sessions = {}
-    for name, path in models.items():
+    for path in a.models:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = a.threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[name] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    sizes = {k: json.loads(Path(p).with_suffix(".json").read_text())["preprocess"]["size"] for k, p in models.items()}
+        sessions[path] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    sizes = {p: json.loads(Path(p).with_suffix(".json").read_text())["preprocess"]["size"] for p in a.models}
     print(f"cpu: {cpu_description()}; {a.threads} threads; onnxruntime {ort.__version__}")
-    for name, path in models.items():
-        print(f"{path}: {sizes[name]} px, {Path(path).stat().st_size / 2**20:.1f} MB")
+    for path in a.models:
+        print(f"{path}: {sizes[path]} px, {Path(path).stat().st_size / 2**20:.1f} MB")
     print("| model | batch | ms per face (median) |")
     print("|---|---|---|")
     rng = np.random.default_rng(0)

@@ -478,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="apply this calibration.json although another checkpoint's (e.g. carry a split run's "
                          "calibration to the same recipe trained on all the data)")
     ex.add_argument("--int8", action="store_true",
-                    help="write an int8 model (8-bit convolutions): about 1.5-2x faster on CPUs with VNNI, slower on "
-                         "CPUs without; its ranges are fitted on face crops (default out: RUN_DIR/model-int8.onnx)")
+                    help="write an int8 model (8-bit convolutions): 1.3-1.6x faster per face on a CPU with VNNI "
+                         "(BENCHMARKS.md 11h), slower on CPUs without; its ranges are fitted on face crops (default out: RUN_DIR/model-int8.onnx)")
     ex.add_argument("--data", help="with --int8: the faces to fit the ranges on (default: $FACEAGE_DATA or the shared "
                                    "UTKFace; the run's validation faces when its split.csv names them)")
     ex.add_argument("--int8-faces", type=int, metavar="N", help="with --int8: how many faces fit the ranges (default 400)")

@@ -2,7 +2,8 @@
 
 onnxruntime's static quantization (QDQ format: per-channel int8 weights, uint8 activations) turns
 the float convolutions into integer ones. On a CPU with AVX512-VNNI (or AVX-VNNI) the model runs
-faster (1.2-1.3x per face on a 2-core AMD EPYC, BENCHMARKS §11h); on one without, int8
+faster (on a 2-core AMD EPYC, BENCHMARKS §11h: 1.3x per face at batch 1, 1.4x at batch 32, 1.6x
+per chip on one thread); on one without, int8
 convolutions can be *slower* than float ones (BENCHMARKS §7, measured on such a machine), which is
 why the shipped model stays float and this is an option.
 
@@ -23,7 +24,6 @@ and what it measured is kept in the sidecar (``quantization``).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,12 +80,11 @@ def quantize_onnx(float_path: Path, out: Path, faces: np.ndarray) -> dict:
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(Path(tmp) / "int8.onnx"), Faces(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(out), Faces(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["Conv"], nodes_to_exclude=keep_float, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.Percentile,
                         extra_options={"CalibPercentile": PERCENTILE, "CalibStridedMinMax": 1})
-        shutil.move(str(Path(tmp) / "int8.onnx"), str(out))
     return {"format": "onnxruntime static quantization, QDQ: int8 per-channel weights, uint8 activations",
             "quantized_ops": ["Conv"], "kept_float": keep_float, "calibration_method": f"percentile {PERCENTILE}",
             "calibration_faces": int(len(faces) // 8 * 8)}
