@@ -1,6 +1,7 @@
 """Issue 9's accuracy targets for one or more models, on the test split, in one run.
 
-For each model: MAE, CS@5, gender accuracy (overall and per age band), MAE 60+, mean signed error per age band, 90%
+For each model: MAE, CS@5, gender accuracy (overall and per age band, with the mean confidence the answers
+state and the calibration error), MAE 60+, mean signed error per age band, 90%
 interval coverage, and mirror consistency (a face and its mirror image are the same person:
 |age(x) - age(flip x)| median and 95th percentile, gender agreement). Each model is also scored
 with flip test-time averaging (the mean of x and its mirror image) and, with ``--calibrate``,
@@ -25,6 +26,7 @@ import numpy as np
 
 from faceage.data.readers import read_dataset
 from faceage.data.split import load_split
+from faceage.evaluation.metrics import gender_calibration_error
 from faceage.inference.runners import load_runner
 from faceage.preprocess import load_image
 from faceage.training.fit import default_data_path
@@ -65,8 +67,12 @@ def score(true_age, true_gender, out, out_flip, age=None) -> dict:
     r["signed_error"] = {n: float(err[(true_age >= lo) & (true_age < hi)].mean()) for n, lo, hi in BANDS}
     r["mae_by_band"] = {n: float(np.abs(err[(true_age >= lo) & (true_age < hi)]).mean()) for n, lo, hi in BANDS}
     right = (out["gender_prob"] >= 0.5) == (true_gender == 1)
+    confidence = np.maximum(out["gender_prob"], 1 - out["gender_prob"])       # how sure each answer says it is
     r["gender_by_band"] = {n: {"acc": float(right[(true_age >= lo) & (true_age < hi)].mean()),
-                               "errors": int((~right[(true_age >= lo) & (true_age < hi)]).sum())} for n, lo, hi in BANDS}
+                               "errors": int((~right[(true_age >= lo) & (true_age < hi)]).sum()),
+                               "confidence": float(confidence[(true_age >= lo) & (true_age < hi)].mean())}
+                           for n, lo, hi in BANDS}
+    r["gender_calibration_error"] = gender_calibration_error(out["gender_prob"], true_gender)
     r["worst_signed_13plus"] = max(abs(r["signed_error"][n]) for n, lo, _ in BANDS if lo >= 13)
     shift = age - out["age"]                                     # calibration moves the interval too
     inside = (true_age >= out["age_low"] + shift) & (true_age <= out["age_high"] + shift)
@@ -134,8 +140,9 @@ def print_variants(model: str, variants: dict) -> None:
               f"p95 {r['mirror_p95']:.2f} gender-agree {r['mirror_gender_agree']:.1%}")
         print("    signed error by band: " + "  ".join(f"{k} {v:+.2f}" for k, v in r["signed_error"].items()))
         print("    MAE by band:          " + "  ".join(f"{k} {v:.2f}" for k, v in r["mae_by_band"].items()))
-        print("    gender by band:       " + "  ".join(f"{k} {v['acc']:.1%} ({v['errors']} wrong)"
-                                                      for k, v in r["gender_by_band"].items()))
+        print("    gender by band:       " + "  ".join(f"{k} {v['acc']:.1%} ({v['errors']} wrong, says {v['confidence']:.0%})"
+                                                      for k, v in r["gender_by_band"].items()) +
+              f"; calibration error {r['gender_calibration_error']:.1%}")
         print(f"    targets missed: {', '.join(fails) if fails else 'none'}")
 
 

@@ -364,6 +364,13 @@ def _cmd_calibrate(args) -> int:
                   (f", MAE 60+ {a['mae_60plus']:.2f} -> {b['mae_60plus']:.2f}" if a["mae_60plus"] is not None else ""))
         print(f"  tta {tta}: 90% interval coverage {r['coverage_before'][tta]:.1%} -> {r['coverage_after'][tta]:.1%} "
               f"at interval temperature {r['interval_temperature'][tta]:.3f}")
+        if "gender_bands" in r:
+            bands = r["gender_bands"][tta]
+            names = [f"{b['from']:.0f}-{nxt['from'] - 1:.0f}" for b, nxt in zip(bands, bands[1:])] + [f"{bands[-1]['from']:.0f}+"]
+            ece = r["gender_calibration_error"][tta]
+            print(f"  tta {tta}: gender calibration error {ece['before']:.1%} -> {ece['after']:.1%}; by predicted age: " +
+                  ", ".join(f"{name} confidence {b['confidence_before']:.2f} -> {b['confidence_after']:.2f} "
+                            f"(accuracy {b['accuracy']:.2f}, T {b['temperature']:.2f})" for name, b in zip(names, bands)))
     print(f"wrote {r['path']}: loading {r['checkpoint']} and faceage export now use it")
     return 0
 
@@ -485,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8-faces", type=int, metavar="N", help="with --int8: how many faces fit the ranges (default 400)")
     ex.set_defaults(func=_cmd_export)
 
-    ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split")
+    ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split, and the gender "
+                            "confidence to the accuracy by age")
     ca.add_argument("model", help="run directory or checkpoint (calibration.json is written beside it)")
     ca.add_argument("--data", help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
     ca.add_argument("--split", default="val", choices=["train", "val", "test"],

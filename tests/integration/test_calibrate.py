@@ -94,9 +94,39 @@ def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_su
                                     "age_prior": [0.01] * 100 + [-1.0]}))        # a damaged prior
         assert load_checkpoint(run).spec.age_prior_strength == 0.0
         assert "out of range" in capsys.readouterr().err
+        path.write_text(json.dumps({**record, "gender_temperature": {"none": [[3, 1.5]], "flip": [[3, 1.5]]}}))
+        assert load_checkpoint(run).spec.gender_temperature is None                # bands must start at age 0
+        assert "out of range" in capsys.readouterr().err
     finally:
         path.write_text(json.dumps(record))
     assert load_checkpoint(run).spec.interval_temperature == record["interval_temperature"]["none"]
+
+
+def test_gender_confidence_is_fitted_to_the_accuracy_by_age(run, real_subset, tmp_path):
+    """Calibration also fits one gender temperature per band of predicted age, so that what the
+    answers say (their mean confidence) is how often they are right; which gender is answered never changes."""
+    r = faceage("calibrate", run, "--data", real_subset)
+    assert r.returncode == 0, r.stderr
+    assert "gender calibration error" in r.stdout and "by predicted age" in r.stdout
+    saved = json.loads((run / "calibration.json").read_text())
+    for tta in ("none", "flip"):
+        bands, report = saved["gender_temperature"][tta], saved["gender_bands"][tta]
+        assert bands[0][0] == 0 and all(t > 0 for _, t in bands) and len(bands) == len(report)
+        assert sum(b["n"] for b in report) == saved["n"]
+        assert all(b["confidence_after"] == pytest.approx(b["accuracy"], abs=0.002) for b in report)
+
+    metrics = tmp_path / "val.json"
+    r = faceage("evaluate", "--model", run, "--data", real_subset, "--split", "val", "--json", metrics)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(metrics.read_text())
+    assert m["gender_mean_confidence"] == pytest.approx(m["gender_accuracy"], abs=0.005)
+    assert "mean confidence" in r.stdout and "calibration error" in r.stdout
+    calibrated, plain = load_runner(run), load_runner(run)
+    plain.graph.net.spec = replace(plain.spec, gender_temperature=None)
+    plain.graph.net.apply_calibration()
+    faces = np.random.default_rng(2).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+    a, b = calibrated.predict(faces), plain.predict(faces)
+    assert np.array_equal(a["gender_prob"] >= 0.5, b["gender_prob"] >= 0.5) and not np.allclose(a["gender_prob"], b["gender_prob"])
 
 
 def test_calibrate_refuses_what_it_cannot_fit(run, real_subset, tmp_path):

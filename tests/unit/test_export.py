@@ -140,3 +140,26 @@ def test_evaluate_takes_a_split_file(checkpoint, synthetic_utk, tmp_path):
     assert evaluate(str(checkpoint), str(synthetic_utk), split="test", quiet=True)["n"] == len(keys)  # no split: whole
     with pytest.raises(DataError, match="split file not found"):
         evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(tmp_path / "none.csv"), quiet=True)
+
+
+def test_gender_temperatures_by_age_are_baked_into_the_graph(checkpoint, tmp_path):
+    """A calibration.json's gender temperatures (per band of predicted age) reach onnxruntime:
+    its gender probabilities are sigmoid(logit / T(age)) of the torch model's logits."""
+    from faceage.inference.graph import InferenceGraph
+    x = np.random.default_rng(2).integers(0, 256, (64, 48, 48, 3), dtype=np.uint8)
+    plain = load_runner(checkpoint).predict(x)
+    cut = float(np.median(plain["age"]))                 # half the faces on each side of a band edge
+    bands = [[0.0, 3.0], [cut, 0.5]]
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"checkpoint": "other.ckpt", "checkpoint_digest": "0" * 32,
+                                       "interval_temperature": {"none": 1.0, "flip": 1.0},
+                                       "gender_temperature": {"none": bands, "flip": bands}}))
+    report = export_onnx(checkpoint, tmp_path / "g.onnx", calibration=calibration)
+    assert report["max_abs_diff"] <= 1e-4
+    assert json.loads((tmp_path / "g.json").read_text())["model"]["gender_temperature"] == bands
+    got = load_runner(tmp_path / "g.onnx").predict(x)
+    with torch.inference_mode():
+        logit = InferenceGraph(load_runner(checkpoint).graph.net).head_outputs(torch.from_numpy(x))["gender"][:, 0].numpy()
+    t = np.where(plain["age"] >= cut, 0.5, 3.0)
+    assert np.allclose(got["gender_prob"], 1 / (1 + np.exp(-logit / t)), atol=1e-5)
+    assert np.array_equal(got["gender_prob"] >= 0.5, plain["gender_prob"] >= 0.5) and np.allclose(got["age"], plain["age"], atol=1e-4)

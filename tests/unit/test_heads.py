@@ -180,3 +180,51 @@ def test_auto_strength_is_the_largest_within_the_mae_budget():
     assert all(r["mae"] > sweep[0]["mae"] * 1.01 for r in sweep if r["strength"] > s)
     assert choose_strength(sweep, 0.0) == max(r["strength"] for r in sweep if r["mae"] <= sweep[0]["mae"])
     assert choose_strength(sweep, 10.0) == 1.0
+
+
+def test_gender_temperature_by_predicted_age_softens_confidence_never_the_answer():
+    from faceage.models.heads import GenderHead
+    h = GenderHead(4)
+    logits = torch.randn(300, 1) * 4
+    age = torch.rand(300) * 90
+    plain = h.decode(logits, age)["gender_prob"]
+    assert torch.allclose(plain, torch.sigmoid(logits[:, 0]))                  # as trained until calibrated
+    h.set_temperatures([[0, 2.5], [3, 1.5], [13, 1.0]])
+    got = h.decode(logits, age)["gender_prob"]
+    t = torch.where(age < 3, 2.5, torch.where(age < 13, 1.5, 1.0))
+    assert torch.allclose(got, torch.sigmoid(logits[:, 0] / t))
+    assert torch.equal(got >= 0.5, plain >= 0.5)                               # the answer never changes
+    assert torch.allclose(h.decode(logits, torch.full((300,), 13.0))["gender_prob"], plain)   # 13 is in the last band
+    h.set_temperatures(None)
+    assert torch.allclose(h.decode(logits, age)["gender_prob"], plain)
+    for bad in ([[3, 1.0]], [[0, 1.0], [13, 1.0], [3, 2.0]], [[0, 0.0]], [[0, float("inf")]]):
+        with pytest.raises(ValueError, match="gender_temperature"):
+            h.set_temperatures(bad)
+
+
+def test_fit_gender_temperatures_finds_the_overconfident_ages():
+    from faceage.inference.calibration import _sigmoid, fit_gender_temperatures, gender_calibration_error
+    rng = np.random.default_rng(3)
+    n = 6000
+    age = rng.uniform(0, 80, n)
+    logits = rng.normal(0, 4, n)
+    # The truth: children's logits are 2.5 times too sure, 3-12 1.5 times, adults' are right.
+    truth = np.where(age < 3, 2.5, np.where(age < 13, 1.5, 1.0))
+    gender = (rng.random(n) < _sigmoid(logits / truth)).astype(int)
+    bands, report = fit_gender_temperatures(logits, age, gender)
+    assert [a for a, _ in bands] == [0, 3, 13]
+    assert [round(t, 1) for _, t in bands] == pytest.approx([2.5, 1.5, 1.0], abs=0.35)
+    assert report[0]["confidence_after"] < report[0]["confidence_before"] and sum(r["n"] for r in report) == n
+    t = np.array([t for _, t in bands])[np.searchsorted([a for a, _ in bands], age, side="right") - 1]
+    child = age < 13
+    assert gender_calibration_error(_sigmoid(logits[child] / t[child]), gender[child]) < \
+        gender_calibration_error(_sigmoid(logits[child]), gender[child]) / 2
+    assert gender_calibration_error(_sigmoid(logits / t), gender) < gender_calibration_error(_sigmoid(logits), gender)
+
+
+def test_gender_bands_with_too_few_faces_join_their_neighbour():
+    from faceage.inference.calibration import gender_bands
+    assert gender_bands(np.r_[np.full(150, 1.0), np.full(150, 8.0), np.full(500, 30.0)]) == [0, 3, 13]
+    assert gender_bands(np.r_[np.full(20, 1.0), np.full(150, 8.0), np.full(500, 30.0)]) == [0, 13]   # babies join 3-12
+    assert gender_bands(np.r_[np.full(150, 1.0), np.full(20, 8.0), np.full(500, 30.0)]) == [0, 13]
+    assert gender_bands(np.full(500, 30.0)) == [0]                                                  # adults only: one band

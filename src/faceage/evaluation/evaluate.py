@@ -137,7 +137,9 @@ def format_report(m: dict) -> str:
             lines.append("  MAE per gender: " + ", ".join(f"{k} {v['mae']:.2f}" for k, v in m["per_gender"].items()))
         lines.append(f"  age bins: accuracy {m['bin_accuracy']:.1%}, one-off {m['bin_one_off_accuracy']:.1%}")
     if "gender_accuracy" in m:
-        lines.append(f"  gender: accuracy {m['gender_accuracy']:.1%}  F1 {m['gender_f1']:.3f}")
+        lines.append(f"  gender: accuracy {m['gender_accuracy']:.1%}  F1 {m['gender_f1']:.3f}" +
+                     (f"  mean confidence {m['gender_mean_confidence']:.1%}  calibration error "
+                      f"{m['gender_calibration_error']:.1%}" if "gender_calibration_error" in m else ""))
     if "race_accuracy" in m:
         lines.append(f"  race: accuracy {m['race_accuracy']:.1%}")
     if "accuracy" in m:

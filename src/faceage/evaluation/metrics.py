@@ -43,7 +43,21 @@ def gender_metrics(true: np.ndarray, prob_female: np.ndarray) -> dict:
     fp = int(((pred == 1) & (true == 0)).sum())
     fn = int(((pred == 0) & (true == 1)).sum())
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return {"gender_accuracy": float((pred == true).mean()), "gender_f1": float(f1), "gender_n": int(len(true))}
+    conf = np.maximum(prob_female, 1 - prob_female)
+    return {"gender_accuracy": float((pred == true).mean()), "gender_f1": float(f1), "gender_n": int(len(true)),
+            "gender_mean_confidence": float(conf.mean()),
+            "gender_calibration_error": gender_calibration_error(prob_female, true)}
+
+
+def gender_calibration_error(prob_female: np.ndarray, gender: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error of the gender answer: confidence against accuracy in ``n_bins``
+    equal-width confidence bins (0.5-1), weighted by the faces in each (Guo et al. 2017)."""
+    conf = np.maximum(prob_female, 1 - prob_female)
+    right = (prob_female >= 0.5) == (gender == 1)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    return float(sum(abs(conf[which == b].mean() - right[which == b].mean()) * (which == b).mean()
+                     for b in range(n_bins) if (which == b).any()))
 
 
 def class_metrics(true: np.ndarray, pred: np.ndarray, names: list[str], prefix: str) -> dict:

@@ -20,7 +20,8 @@ TOLERANCE = 1e-4
 
 
 # What a served or shipped model reports about its accuracy (from `faceage evaluate --json`).
-METRIC_KEYS = ("data", "scope", "n", "mae", "rmse", "cs5", "gender_accuracy", "interval90_coverage", "bin_accuracy")
+METRIC_KEYS = ("data", "scope", "n", "mae", "rmse", "cs5", "gender_accuracy", "gender_calibration_error", "interval90_coverage",
+               "bin_accuracy")
 
 
 def metrics_summary(path: str | Path) -> dict:

@@ -181,11 +181,30 @@ class AgeDistributionHead(TaskHead):
 
 
 class GenderHead(TaskHead):
-    """One logit; binary cross-entropy. Decodes to the probability of 'female'."""
+    """One logit; binary cross-entropy. Decodes to the probability of 'female'.
+
+    The probability may be read at a temperature that depends on the face's predicted age
+    (``faceage calibrate`` fits one per age band, see ``inference/calibration.py``): a network
+    trained on adults' and children's faces alike is as sure of a baby's gender as of an adult's,
+    and right far less often. The answer (which side of 0.5) never changes, only how sure it says it is.
+    """
     task = "gender"
 
     def __init__(self, in_features: int, **kw):
         super().__init__(in_features, 1, **kw)
+        # Band starts (years) and temperatures; one band at T 1 decodes the logit as trained.
+        self.register_buffer("band_from", torch.zeros(1), persistent=False)
+        self.register_buffer("band_temperature", torch.ones(1), persistent=False)
+
+    def set_temperatures(self, bands: list[list[float]] | None) -> None:
+        """``bands``: ``[[from_age, T], ...]``, ascending, the first from 0; None: T 1 for every age."""
+        bands = bands or [[0.0, 1.0]]
+        starts = [float(a) for a, _ in bands]
+        temps = [float(t) for _, t in bands]
+        if starts[0] != 0 or starts != sorted(set(starts)) or not all(t > 0 and t < float("inf") for t in temps):
+            raise ValueError(f"gender_temperature must be [[from_age, T], ...] ascending from age 0 with T > 0; got {bands}")
+        self.band_from = torch.tensor(starts, dtype=torch.float32, device=self.band_from.device)
+        self.band_temperature = torch.tensor(temps, dtype=torch.float32, device=self.band_from.device)
 
     def loss(self, out, batch, teacher_weight=0.0):
         valid = batch["gender"] >= 0
@@ -197,8 +216,15 @@ class GenderHead(TaskHead):
             target = torch.where(torch.isnan(teacher), target, (1 - teacher_weight) * target + teacher_weight * teacher)
         return F.binary_cross_entropy_with_logits(out.squeeze(1)[valid], target)
 
-    def decode(self, out):
-        return {"gender_prob": torch.sigmoid(out.squeeze(1))}
+    def decode(self, out, age: torch.Tensor | None = None):
+        logit = out.squeeze(1)
+        if age is not None and self.band_from.numel() > 1:
+            # The temperature of the last band starting at or below the age (comparisons export to ONNX).
+            band = ((age.unsqueeze(1) >= self.band_from).sum(dim=1) - 1).clamp(min=0)
+            logit = logit / self.band_temperature[band]
+        elif self.band_from.numel() == 1:
+            logit = logit / self.band_temperature[0]
+        return {"gender_prob": torch.sigmoid(logit)}
 
 
 class ClassHead(TaskHead):

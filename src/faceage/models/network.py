@@ -25,12 +25,14 @@ class FaceNet(nn.Module):
         self.apply_calibration()
 
     def apply_calibration(self) -> None:
-        """Give the age head the spec's inference-only calibration (interval temperature, age prior
-        correction; see ``inference/calibration.py``)."""
+        """Give the heads the spec's inference-only calibration (interval temperature, age prior
+        correction, gender temperatures by age; see ``inference/calibration.py``)."""
         head = self.heads["age_dist"] if "age_dist" in self.heads else None
         if head is not None:
             head.interval_temperature = float(self.spec.interval_temperature)
             head.set_age_prior(float(self.spec.age_prior_strength), self.spec.age_prior)
+        if "gender" in self.heads:
+            self.heads["gender"].set_temperatures(self.spec.gender_temperature)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)             # (B, F)
@@ -51,9 +53,13 @@ class FaceNet(nn.Module):
     def decode_graph(self, outputs: dict) -> dict[str, torch.Tensor]:
         """Decoding as plain tensor ops (no autograd context), so it can live inside an ONNX graph."""
         record: dict[str, torch.Tensor] = {}
-        # age_bins first so that a dedicated regression/distribution age estimate wins.
-        for task in sorted(outputs, key=lambda t: t != "age_bins"):
-            record.update(self.heads[task].decode(outputs[task]))
+        # age_bins first so that a dedicated regression/distribution age estimate wins; gender
+        # last, since its confidence may depend on the predicted age.
+        for task in sorted(outputs, key=lambda t: (t != "age_bins", t == "gender")):
+            if task == "gender":
+                record.update(self.heads[task].decode(outputs[task], record.get("age")))
+            else:
+                record.update(self.heads[task].decode(outputs[task]))
         if "age" in record and "age_bin" not in record:
             # Index of the last bin edge <= age (comparisons export to ONNX; bucketize does not).
             record["age_bin"] = ((record["age"].unsqueeze(1) >= self.bin_edges).sum(dim=1) - 1).clamp(min=0)

@@ -41,6 +41,8 @@ class ModelSpec:
                                        # (fitted by faceage calibrate; see inference/calibration.py)
     age_prior_strength: float = 0.0   # inference only: age read from softmax(logits - strength * log age_prior),
     age_prior: list[float] | None = None   # the training ages' distribution over 0..100 (faceage calibrate --age-prior)
+    gender_temperature: list[list[float]] | None = None   # inference only: [[from_age, T], ...]: the gender
+                                       # probability is sigmoid(logit / T) with T of the band the predicted age falls in
 
     def to_dict(self) -> dict:
         d = asdict(self)
