@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--split", metavar="FILE", help="reuse a split.csv (or a run directory's) so runs are comparable")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped (a finished "
                     "one is left as is; add --epochs N to train it longer)")
-    tr.add_argument("--epochs", type=int, metavar="N", help="train.epochs=N; with --resume, extends a finished run to N epochs")
+    tr.add_argument("--epochs", type=int, metavar="N", help="train.epochs=N; with --resume, extends the run to N epochs (never fewer than it "
+                    "was planned for: its learning-rate schedule was laid out for those)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from conftest import face_image
 from faceage.config import load_config
@@ -124,6 +125,15 @@ def test_resume_accepts_only_more_epochs(tmp_path, synthetic_utk):
     assert s["already_finished"]
     with pytest.raises(ConfigError, match="fewer than the 2 epochs"):
         train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["train.epochs=1"])
+    # A run planned for 4 epochs and killed after 2 cannot be cut to 3: its schedule was laid out for 4.
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["train"]["epochs"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (run / "run.json").unlink()
+    with pytest.raises(ConfigError, match="fewer than the 4 epochs .* was planned for"):
+        train(None, run, data=str(synthetic_utk), resume=True, overrides=["train.epochs=3"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4 and not (run / "run.json").exists()
 
 
 def test_onecycle_run_cannot_be_extended(tmp_path, synthetic_utk):

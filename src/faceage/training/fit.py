@@ -96,6 +96,12 @@ def train(cfg: Config | None, out: str | Path, *, data: str | None = None, overw
             if cfg.train.epochs < state["epoch"]:
                 raise ConfigError(f"train.epochs={cfg.train.epochs} is fewer than the {state['epoch']} epochs {out} "
                                   "has already recorded")
+            if cfg.train.epochs < planned:
+                # Its learning-rate schedule was laid out for the planned epochs: cutting it short
+                # would give a run that matches neither plan, and config.yaml would not say so.
+                raise ConfigError(f"train.epochs={cfg.train.epochs} is fewer than the {planned} epochs {out} was planned "
+                                  f"for: a resumed run keeps its schedule. Use its best.ckpt or last.ckpt as it is, or "
+                                  f"start a new run with train.epochs={cfg.train.epochs}")
             if state["stopped"] and cfg.train.epochs > planned:
                 raise ConfigError(f"{out} stopped early at epoch {state['epoch']} (train.early_stopping): it cannot be "
                                   "extended; start a new run")
