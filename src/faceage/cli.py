@@ -261,11 +261,12 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from .inference.export import export_onnx
 
-    if not args.int8 and (args.data or args.int8_faces is not None):
-        raise ConfigError("--data and --int8-faces choose the faces that fit an int8 model's ranges: add --int8")
+    if not args.int8 and (args.data or args.int8_faces is not None or args.int8_max_diff is not None):
+        raise ConfigError("--data, --int8-faces and --int8-max-diff are about an int8 model: add --int8")
     r = export_onnx(args.model, args.out, metrics=args.metrics, tta=args.tta,
                     interval_temperature=args.interval_temperature, calibration=args.calibration,
-                    int8=args.int8, int8_data=args.data, int8_faces=args.int8_faces)
+                    int8=args.int8, int8_data=args.data, int8_faces=args.int8_faces,
+                    int8_max_diff=args.int8_max_diff)
     print(f"wrote {r['onnx']} ({r['size_mb']} MB) and {r['sidecar']}")
     print(f"verified with onnxruntime at batch sizes {r['batches_checked']}: max abs diff vs torch {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:g})" + (" (the float graph)" if args.int8 else ""))
@@ -491,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", help="with --int8: the faces to fit the ranges on (default: $FACEAGE_DATA or the shared "
                                    "UTKFace; the run's validation faces when its split.csv names them)")
     ex.add_argument("--int8-faces", type=int, metavar="N", help="with --int8: how many faces fit the ranges (default 400)")
+    ex.add_argument("--int8-max-diff", type=float, metavar="YEARS",
+                    help="with --int8: refuse the int8 model (exit 2, nothing written) if its ages differ from the float "
+                         "model's by more than YEARS on average on the check faces (default: only a warning above 1)")
     ex.set_defaults(func=_cmd_export)
 
     ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split, and the gender "

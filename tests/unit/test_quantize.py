@@ -85,3 +85,23 @@ def test_cli_int8_export_reports_the_measured_difference(run_dir, synthetic_utk,
     check = meta["quantization"]["check"]
     assert f"on {check['faces']} other faces" in r.stdout and f"{check['age_mean_abs_diff']:.2f} years" in r.stdout
     assert "Collecting tensor data" not in r.stdout               # onnxruntime's progress goes to stderr
+
+
+def test_int8_max_diff_refuses_a_model_too_far_from_float(run_dir, synthetic_utk, tmp_path):
+    """--int8-max-diff: the measured difference decides; a refused model leaves nothing behind,
+    and an existing file of that name is not touched."""
+    out = tmp_path / "q.onnx"
+    out.write_bytes(b"an earlier export")
+    r = faceage("export", run_dir, "--out", out, "--int8", "--data", synthetic_utk, "--int8-faces", "20",
+                "--int8-max-diff", "0.000001")
+    assert r.returncode == 2 and "more than --int8-max-diff" in r.stderr and "not written" in r.stderr
+    assert "Traceback" not in r.stderr and out.read_bytes() == b"an earlier export" and not out.with_suffix(".json").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    r = faceage("export", run_dir, "--out", out, "--int8", "--data", synthetic_utk, "--int8-faces", "20",
+                "--int8-max-diff", "100")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["quantization"]["check"]["age_mean_abs_diff"] <= 100
+    assert conv_weight_sources(out)                              # a real model replaced the placeholder
+    for bad in (["--int8-max-diff", "1"], ["--int8", "--data", str(synthetic_utk), "--int8-max-diff", "-1"]):
+        r = faceage("export", run_dir, "--out", tmp_path / "x.onnx", *bad)
+        assert r.returncode == 2 and "--int8" in r.stderr and "Traceback" not in r.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_json, atomic_write_via, remove_stale
-from ..errors import CheckpointError, FaceageError
+from ..errors import CheckpointError, ConfigError, FaceageError
 
 TOLERANCE = 1e-4
 
@@ -37,7 +37,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
                 metrics: str | Path | None = None, tta: str | None = None,
                 interval_temperature: float | None = None, calibration: str | Path | None = None,
                 int8: bool = False, int8_data: str | None = None, int8_faces: int | None = None,
-                cache_dir=None) -> dict:
+                int8_max_diff: float | None = None, cache_dir=None) -> dict:
     """``metrics``: a `faceage evaluate --json` file whose headline numbers go into the sidecar
     (default: ``metrics.json`` beside the checkpoint, when there is one). ``tta``: override the
     checkpoint's test-time augmentation ("none" or "flip") in the exported graph.
@@ -47,13 +47,16 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     calibration's temperature. ``int8``: write the int8 version instead (``quantize.py``), its
     activation ranges fitted on ``int8_faces`` crops of ``int8_data`` (default: the run's validation
     faces in the default dataset); the float graph is verified against torch, the int8 one
-    against the float one."""
+    against the float one (``int8_max_diff``: refused, nothing written, if their ages differ by
+    more years than that on average)."""
     import torch
 
     from .checkpoint import load_checkpoint
     from .graph import InferenceGraph
     from .runners import OnnxRunner
 
+    if int8_max_diff is not None and not (int8 and np.isfinite(int8_max_diff) and int8_max_diff > 0):
+        raise ConfigError(f"--int8-max-diff must be a positive number of years, with --int8; got {int8_max_diff}")
     if interval_temperature is not None and not (np.isfinite(interval_temperature) and interval_temperature > 0):
         raise FaceageError(f"--interval-temperature must be a positive number; got {interval_temperature}")
     loaded = load_checkpoint(model, calibrated=False)
@@ -137,7 +140,8 @@ def export_onnx(model: str | Path, out: str | Path | None = None, opset: int = 1
     if int8:
         from .quantize import quantize_to
         with scratch:
-            report["quantization"] = meta["quantization"] = quantize_to(float_path, out, meta, fit_faces, check_faces)
+            report["quantization"] = meta["quantization"] = quantize_to(float_path, out, meta, fit_faces, check_faces,
+                                                                            int8_max_diff)
     report["size_mb"] = meta["verification"]["size_mb"] = round(out.stat().st_size / 2**20, 2)
     atomic_write_json(sidecar, meta)
     return report

@@ -90,17 +90,27 @@ def quantize_onnx(float_path: Path, out: Path, faces: np.ndarray) -> dict:
             "calibration_faces": int(len(faces) // 8 * 8)}
 
 
-def quantize_to(float_path: Path, out: Path, meta: dict, fit: np.ndarray, check: np.ndarray) -> dict:
-    """Quantize ``float_path`` into ``out`` (atomically, with ``meta`` as its sidecar), its ranges
-    fitted on the faces ``fit``, and measure it against the float model on the faces ``check``."""
+def quantize_to(float_path: Path, out: Path, meta: dict, fit: np.ndarray, check: np.ndarray,
+                max_age_diff: float | None = None) -> dict:
+    """Quantize ``float_path`` (beside it, in its scratch folder), its ranges fitted on the faces
+    ``fit``, and measure it against the float model on the faces ``check``. Only then is it copied
+    to ``out`` (atomically): with ``max_age_diff``, a model whose ages differ from the float
+    model's by more than that on average is refused, and nothing is written."""
+    import shutil
+
     from ..atomic import atomic_write_json, atomic_write_via
-    done: dict = {}
-    atomic_write_via(out, lambda tmp: done.update(quantize_onnx(float_path, tmp, fit)))
-    atomic_write_json(out.with_suffix(".json"), meta)
-    done["check"] = measured = compare_outputs(float_path, out, check)
-    if measured.get("age_mean_abs_diff", 0.0) > WARN_AGE_DIFF:
-        print(f"warning: the int8 model's ages differ from the float model's by {measured['age_mean_abs_diff']:.2f} "
+    candidate = float_path.with_name("int8.onnx")
+    done = quantize_onnx(float_path, candidate, fit)
+    atomic_write_json(candidate.with_suffix(".json"), meta)          # the runner reads it
+    done["check"] = measured = compare_outputs(float_path, candidate, check)
+    diff = measured.get("age_mean_abs_diff", 0.0)
+    if max_age_diff is not None and diff > max_age_diff:
+        raise FaceageError(f"the int8 model's ages differ from the float model's by {diff:.2f} years on average on "
+                           f"{measured['faces']} faces, more than --int8-max-diff {max_age_diff:g}: {out} not written")
+    if diff > WARN_AGE_DIFF:
+        print(f"warning: the int8 model's ages differ from the float model's by {diff:.2f} "
               f"years on average on {measured['faces']} faces: check its accuracy before using it", file=sys.stderr)
+    atomic_write_via(out, lambda tmp: shutil.copyfile(candidate, tmp))
     return done
 
 
