@@ -228,3 +228,12 @@ def test_gender_bands_with_too_few_faces_join_their_neighbour():
     assert gender_bands(np.r_[np.full(20, 1.0), np.full(150, 8.0), np.full(500, 30.0)]) == [0, 13]   # babies join 3-12
     assert gender_bands(np.r_[np.full(150, 1.0), np.full(20, 8.0), np.full(500, 30.0)]) == [0, 13]
     assert gender_bands(np.full(500, 30.0)) == [0]                                                  # adults only: one band
+
+
+def test_gender_metrics_report_confidence_and_calibration_error():
+    from faceage.evaluation.metrics import gender_metrics
+    # confidences 0.92 (right), 0.92 (wrong), 0.82 (right), 0.73 (right): three bins of 10
+    m = gender_metrics(np.array([1, 0, 1, 0]), np.array([0.92, 0.92, 0.82, 0.27]))
+    assert m["gender_accuracy"] == 0.75 and m["gender_mean_confidence"] == pytest.approx(0.8475)
+    assert m["gender_calibration_error"] == pytest.approx(0.42 * 2 / 4 + 0.18 / 4 + 0.27 / 4)
+    assert gender_metrics(np.array([1, 0]), np.array([1.0, 0.0]))["gender_calibration_error"] == 0.0
