@@ -20,9 +20,10 @@ A model with a gender head also gets its gender probability calibrated, by age: 
 trained on everyone's faces is about as sure of a baby's gender as of an adult's, and right far
 less often. For each band of *predicted* age (``GENDER_BAND_STARTS``: under 3, 3-12, 13 and over)
 one temperature ``T`` is fitted so that the validation faces' mean confidence equals their
-accuracy (temperature scaling again, per band; matching the mean rather than the likelihood told
-babies on the test split 64% for 62% right, where the likelihood fit said 68%). The probability
-is then ``sigmoid(logit / T)``. Which gender is answered never changes, only how sure it says it is.
+accuracy (temperature scaling again, per band; matching the mean rather than maximizing the
+likelihood keeps babies' stated confidence nearer their accuracy on held-out faces:
+``bench/gender_temperature_fit.py``, BENCHMARKS §11j). The probability is then
+``sigmoid(logit / T)``. Which gender is answered never changes, only how sure it says it is.
 
 The fitted temperatures (one without and one with flip test-time averaging, since averaging the
 mirror image's logits sharpens the distribution) are written to ``calibration.json`` beside the
@@ -147,19 +148,20 @@ def fit_gender_temperature(logits: np.ndarray, gender: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+def band_index(starts, ages: np.ndarray) -> np.ndarray:
+    """For each age, the index of the last band start at or below it (as ``GenderHead.decode`` reads it)."""
+    return np.searchsorted(np.asarray(starts, dtype=np.float64), ages, side="right") - 1
+
+
 def gender_bands(predicted_age: np.ndarray) -> list[int]:
     """``GENDER_BAND_STARTS`` with every band of fewer than ``MIN_GENDER_FACES`` faces merged into its neighbour."""
     starts = list(GENDER_BAND_STARTS)
-    def count(i):
-        hi = starts[i + 1] if i + 1 < len(starts) else np.inf
-        return int(((predicted_age >= starts[i]) & (predicted_age < hi)).sum())
-    i = 0
-    while len(starts) > 1 and i < len(starts):
-        if count(i) < MIN_GENDER_FACES:
-            del starts[i if i > 0 else 1]         # the first band keeps starting at 0
-            i = 0
-        else:
-            i += 1
+    while len(starts) > 1:
+        counts = np.bincount(band_index(starts, predicted_age), minlength=len(starts))
+        small = [i for i, c in enumerate(counts) if c < MIN_GENDER_FACES]
+        if not small:
+            break
+        del starts[max(small[0], 1)]          # the first band keeps starting at 0
     return starts
 
 
@@ -167,16 +169,15 @@ def fit_gender_temperatures(logits: np.ndarray, predicted_age: np.ndarray, gende
     """One gender temperature per band of predicted age: ``[[from_age, T], ...]``, and per band
     what it did (faces, accuracy, mean confidence before and after)."""
     starts = gender_bands(predicted_age)
+    which = band_index(starts, predicted_age)
     bands, report = [], []
     for i, lo in enumerate(starts):
-        hi = starts[i + 1] if i + 1 < len(starts) else np.inf
-        sel = (predicted_age >= lo) & (predicted_age < hi)
+        sel = which == i
         t = fit_gender_temperature(logits[sel], gender[sel]) if sel.sum() >= MIN_GENDER_FACES else 1.0
         bands.append([float(lo), t])
-        before, after = _sigmoid(logits[sel]), _sigmoid(logits[sel] / t)
-        report.append({"from": float(lo), "n": int(sel.sum()), "accuracy": float(((before >= 0.5) == gender[sel]).mean()),
-                       "confidence_before": float(np.maximum(before, 1 - before).mean()),
-                       "confidence_after": float(np.maximum(after, 1 - after).mean()), "temperature": t})
+        report.append({"from": float(lo), "n": int(sel.sum()), "accuracy": float(((logits[sel] >= 0) == (gender[sel] == 1)).mean()),
+                       "confidence_before": mean_confidence(logits[sel], 1.0),
+                       "confidence_after": mean_confidence(logits[sel], t), "temperature": t})
     return bands, report
 
 
@@ -238,7 +239,7 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
             known = gender >= 0
             g_logits, g, predicted = g_logits[known].astype(np.float64), gender[known], corrected_ages(logits, 0.0, None)[known]
             bands, report = fit_gender_temperatures(g_logits, predicted, g)
-            temps = np.array([t for _, t in bands])[np.searchsorted([a for a, _ in bands], predicted, side="right") - 1]
+            temps = np.array([t for _, t in bands])[band_index([a for a, _ in bands], predicted)]
             result["gender_temperature"][tta], result["gender_bands"][tta] = bands, report
             result["gender_calibration_error"][tta] = {
                 "before": gender_calibration_error(_sigmoid(g_logits), g),
