@@ -20,8 +20,8 @@ import numpy as np
 from faceage.data.cache import ImageCache
 from faceage.evaluation.evaluate import select_samples
 from faceage.evaluation.metrics import gender_calibration_error
-from faceage.inference.calibration import (_sigmoid, band_index, corrected_ages, fit_gender_temperatures,
-                                           mean_confidence, prior_offset)
+from faceage.inference.calibration import (LEGACY_CALIBRATION_FILE, _sigmoid, band_index, calibration_path,
+                                           corrected_ages, fit_gender_temperatures, mean_confidence, prior_offset)
 from faceage.inference.checkpoint import load_checkpoint
 from faceage.inference.graph import cached_head_outputs
 from faceage.training.fit import default_data_path
@@ -49,11 +49,14 @@ def likelihood_temperature(logits: np.ndarray, gender: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", help="run directory with split.csv and calibration.json (faceage calibrate --age-prior)")
+    ap.add_argument("run", help="run directory with split.csv, calibrated by faceage calibrate --age-prior")
     ap.add_argument("--data", default=None, help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
     a = ap.parse_args()
     loaded = load_checkpoint(a.run, calibrated=False)
-    cal = json.loads((Path(a.run) / "calibration.json").read_text())
+    cal_file = calibration_path(loaded.path)
+    if not cal_file.is_file():                      # a run calibrated by an earlier faceage
+        cal_file = loaded.path.parent / LEGACY_CALIBRATION_FILE
+    cal = json.loads(cal_file.read_text())
     strength, prior = cal.get("age_prior_strength", {}).get("flip", 0.0), cal.get("age_prior")
     parts = {s: split_logits(loaded, a.data or default_data_path(), s, strength, prior) for s in ("val", "test")}
     val = parts["val"]

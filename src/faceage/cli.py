@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="temperature of the 90%% age interval (default: what faceage calibrate fitted to this "
                          "checkpoint, else 1)")
     ex.add_argument("--calibration", metavar="FILE",
-                    help="apply this calibration.json although another checkpoint's (e.g. carry a split run's "
+                    help="apply this calibration file although another checkpoint's (e.g. carry a split run's "
                          "calibration to the same recipe trained on all the data)")
     ex.add_argument("--int8", action="store_true",
                     help="write an int8 model (8-bit convolutions): 1.3-1.6x faster per face on a CPU with VNNI "
@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("calibrate", help="fit the 90%% age interval to 90%% coverage on the validation split, and the gender "
                             "confidence to the accuracy by age")
-    ca.add_argument("model", help="run directory or checkpoint (calibration.json is written beside it)")
+    ca.add_argument("model", help="run directory or checkpoint (CHECKPOINT.calibration.json is written beside it, "
+                         "e.g. best.calibration.json)")
     ca.add_argument("--data", help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
     ca.add_argument("--split", default="val", choices=["train", "val", "test"],
                     help="which part of the run's split to fit on (default val: held out from training)")

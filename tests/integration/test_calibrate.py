@@ -40,11 +40,14 @@ def run(tmp_path_factory, real_subset):
     return root / "run"
 
 
+CALIBRATION = "best.calibration.json"     # the run directory means best.ckpt
+
+
 def test_calibrate_fits_coverage_and_every_loader_applies_it(run, real_subset, tmp_path):
     r = faceage("calibrate", run, "--data", real_subset)
     assert r.returncode == 0, r.stderr
     assert "tta none:" in r.stdout and "tta flip:" in r.stdout and "calibration.json" in r.stdout
-    saved = json.loads((run / "calibration.json").read_text())
+    saved = json.loads((run / CALIBRATION).read_text())
     n_val = sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",val"))
     assert saved["n"] == n_val >= 100 and saved["scope"].startswith("val split")
     for tta in ("none", "flip"):
@@ -78,9 +81,9 @@ def test_calibrate_fits_coverage_and_every_loader_applies_it(run, real_subset, t
 
 
 def test_a_changed_checkpoint_is_loaded_uncalibrated_with_a_warning(run, real_subset, capsys):
-    if not (run / "calibration.json").is_file():
+    if not (run / CALIBRATION).is_file():
         assert faceage("calibrate", run, "--data", real_subset).returncode == 0
-    path = run / "calibration.json"
+    path = run / CALIBRATION
     record = json.loads(path.read_text())
     try:
         path.write_text(json.dumps({**record, "checkpoint_digest": "0" * 32}))   # as if training went on
@@ -108,7 +111,7 @@ def test_gender_confidence_is_fitted_to_the_accuracy_by_age(run, real_subset, tm
     r = faceage("calibrate", run, "--data", real_subset)
     assert r.returncode == 0, r.stderr
     assert "gender calibration error" in r.stdout and "by predicted age" in r.stdout
-    saved = json.loads((run / "calibration.json").read_text())
+    saved = json.loads((run / CALIBRATION).read_text())
     for tta in ("none", "flip"):
         bands, report = saved["gender_temperature"][tta], saved["gender_bands"][tta]
         assert bands[0][0] == 0 and all(t > 0 for _, t in bands) and len(bands) == len(report)
@@ -149,7 +152,7 @@ def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tm
     r = faceage("calibrate", run, "--data", real_subset, "--age-prior", "auto")
     assert r.returncode == 0, r.stderr
     assert "age prior strength" in r.stdout and "balanced MAE" in r.stdout
-    auto = json.loads((run / "calibration.json").read_text())
+    auto = json.loads((run / CALIBRATION).read_text())
     assert len(auto["age_prior"]) == 101 and auto["mae_budget"] == 0.01
     for tta in ("none", "flip"):                        # auto: the largest strength within 1% of the MAE
         sweep = auto["prior_sweep"][tta]
@@ -160,7 +163,7 @@ def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tm
     # A fixed strength: loading the checkpoint reads ages from the corrected distribution.
     r = faceage("calibrate", run, "--data", real_subset, "--age-prior", "0.6")
     assert r.returncode == 0, r.stderr
-    saved = json.loads((run / "calibration.json").read_text())
+    saved = json.loads((run / CALIBRATION).read_text())
     assert saved["age_prior_strength"] == {"none": 0.6, "flip": 0.6} and saved["mae_budget"] is None
     calibrated = load_runner(run)
     assert calibrated.spec.age_prior_strength == 0.6
@@ -176,7 +179,7 @@ def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tm
     # baked into the ONNX graph: onnxruntime answers what the calibrated torch model answers.
     carried = tmp_path / "split-run-calibration.json"
     carried.write_text(json.dumps({**saved, "checkpoint": "other.ckpt", "checkpoint_digest": "0" * 32}))
-    (run / "calibration.json").unlink()
+    (run / CALIBRATION).unlink()
     try:
         r = faceage("export", run, "--out", tmp_path / "m.onnx", "--calibration", carried)
         assert r.returncode == 0, r.stderr
@@ -185,7 +188,7 @@ def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tm
         assert np.allclose(load_runner(tmp_path / "m.onnx").predict(faces)["age"], got, atol=1e-3)
         assert load_checkpoint(run).spec.age_prior_strength == 0.0       # the checkpoint itself stays uncalibrated
     finally:
-        (run / "calibration.json").write_text(json.dumps(saved))
+        (run / CALIBRATION).write_text(json.dumps(saved))
 
 
 @pytest.mark.parametrize("args, words", [(["--age-prior", "2"], "from 0 to 1"), (["--age-prior", "young"], "'auto'"),
@@ -211,4 +214,29 @@ def test_age_prior_needs_the_runs_training_ages(run, real_subset, tmp_path):
     shutil.copy(run / "best.ckpt", alone / "best.ckpt")          # no split.csv beside it
     r = faceage("calibrate", alone / "best.ckpt", "--data", real_subset, "--age-prior", "auto")
     assert r.returncode != 0 and "split.csv" in r.stderr and "Traceback" not in r.stderr
-    assert not (alone / "calibration.json").exists()
+    assert not (alone / CALIBRATION).exists()
+
+
+def test_each_checkpoint_keeps_its_own_calibration(run, real_subset, tmp_path):
+    """Calibrating last.ckpt leaves best.ckpt's fit alone (one file per checkpoint), and a run
+    calibrated by an earlier faceage (one calibration.json per run) still loads calibrated."""
+    import shutil
+    if not (run / CALIBRATION).is_file():
+        assert faceage("calibrate", run, "--data", real_subset).returncode == 0
+    best_before = (run / CALIBRATION).read_text()
+    r = faceage("calibrate", run / "last.ckpt", "--data", real_subset, "--age-prior", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "last.calibration.json" in r.stdout
+    last = json.loads((run / "last.calibration.json").read_text())
+    assert last["checkpoint"] == "last.ckpt" and (run / CALIBRATION).read_text() == best_before
+    assert load_checkpoint(run / "last.ckpt").spec.age_prior_strength == 0.5
+    best = json.loads(best_before)
+    assert load_checkpoint(run).spec.interval_temperature == best["interval_temperature"]["none"]
+
+    old = tmp_path / "old-run"                     # the layout before per-checkpoint files
+    old.mkdir()
+    shutil.copy(run / "best.ckpt", old / "best.ckpt")
+    shutil.copy(run / CALIBRATION, old / "calibration.json")
+    assert load_checkpoint(old).spec.interval_temperature == best["interval_temperature"]["none"]
+    shutil.copy(run / "last.ckpt", old / "last.ckpt")     # the legacy file names best.ckpt, not last
+    assert load_checkpoint(old / "last.ckpt").spec.interval_temperature == 1.0

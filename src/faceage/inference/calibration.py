@@ -26,10 +26,13 @@ likelihood keeps babies' stated confidence nearer their accuracy on held-out fac
 ``sigmoid(logit / T)``. Which gender is answered never changes, only how sure it says it is.
 
 The fitted temperatures (one without and one with flip test-time averaging, since averaging the
-mirror image's logits sharpens the distribution) are written to ``calibration.json`` beside the
-checkpoint, with the checkpoint's content digest (blake2b, as the decode cache keys images): loading that checkpoint applies them, and
-``faceage export`` bakes them into the ONNX graph. A checkpoint that changed since (a run that
-went on training) is loaded uncalibrated, with a warning.
+mirror image's logits sharpens the distribution) are written beside the checkpoint, one file per
+checkpoint (``best.calibration.json`` for ``best.ckpt``: calibrating ``last.ckpt`` too keeps both),
+with the checkpoint's content digest (blake2b, as the decode cache keys images): loading that
+checkpoint applies them, and ``faceage export`` bakes them into the ONNX graph. A checkpoint that
+changed since (a run that went on training) is loaded uncalibrated, with a warning. A run
+calibrated by an earlier faceage has one ``calibration.json`` for the whole run directory; it
+still applies to the checkpoint it names.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from ..data.readers import file_digest
 from ..errors import CheckpointError, DataError
 from ..evaluation.metrics import gender_calibration_error
 
-CALIBRATION_FILE = "calibration.json"
+LEGACY_CALIBRATION_FILE = "calibration.json"     # one per run directory, before per-checkpoint files
 COVERAGE = 0.90                       # the heads report the 5% and 95% quantiles
 MAX_AGE = 100
 PRIOR_STEPS = np.round(np.arange(0, 1.0001, 0.05), 2)     # the prior strengths auto tries
@@ -52,6 +55,11 @@ MAE_BUDGET = 0.01
 AGE_BANDS = ((0, 3), (3, 13), (13, 20), (20, 40), (40, 60), (60, 80), (80, 200))     # as issue 9's targets
 GENDER_BAND_STARTS = (0, 3, 13)      # bands of predicted age with their own gender temperature
 MIN_GENDER_FACES = 100               # a band with fewer validation faces joins the band before it
+
+
+def calibration_path(checkpoint: Path) -> Path:
+    """Where the calibration fitted to ``checkpoint`` lives: ``best.ckpt`` -> ``best.calibration.json``."""
+    return checkpoint.with_name(f"{checkpoint.stem}.calibration.json")
 
 
 def training_age_prior(ages: np.ndarray) -> list[float]:
@@ -184,7 +192,7 @@ def fit_gender_temperatures(logits: np.ndarray, predicted_age: np.ndarray, gende
 def calibrate(model: str, data: str, split: str = "val", split_file: str | None = None, cache_dir=None,
               age_prior: str | float | None = None, mae_budget: float = MAE_BUDGET) -> dict:
     """Fit the interval temperatures of a checkpoint on ``split`` of its split and write
-    ``calibration.json`` beside it. Returns what was written (plus the coverage before).
+    ``<checkpoint>.calibration.json`` beside it. Returns what was written (plus the coverage before).
     ``age_prior``: None (estimates as trained), a strength in [0, 1], or "auto" (module docstring)."""
     from ..data.cache import ImageCache
     from ..data.split import BOTH
@@ -244,8 +252,8 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
             result["gender_calibration_error"][tta] = {
                 "before": gender_calibration_error(_sigmoid(g_logits), g),
                 "after": gender_calibration_error(_sigmoid(g_logits / temps), g)}
-    atomic_write_json(loaded.path.parent / CALIBRATION_FILE, result)
-    result["path"] = str(loaded.path.parent / CALIBRATION_FILE)
+    atomic_write_json(calibration_path(loaded.path), result)
+    result["path"] = str(calibration_path(loaded.path))
     return result
 
 
@@ -264,7 +272,7 @@ def _model_training_prior(loaded, data: str, cache_dir, assignment) -> list[floa
 
 
 def read_calibration(path: Path, tta: str, checkpoint: Path | None = None) -> dict | None:
-    """The spec fields ``calibration.json`` at ``path`` sets for ``tta`` (interval temperature, and
+    """The spec fields the calibration file at ``path`` sets for ``tta`` (interval temperature, and
     age prior correction where fitted). With ``checkpoint``: only if it was fitted to those weights
     (None, and a warning where it was fitted to an earlier state of them)."""
     try:
@@ -311,7 +319,10 @@ def _is_prior(prior) -> bool:
 
 
 def saved_calibration(checkpoint: Path, tta: str) -> dict | None:
-    """What ``calibration.json`` beside ``checkpoint`` sets for it and ``tta``; None when there is
-    none or it was fitted to other weights."""
-    path = checkpoint.parent / CALIBRATION_FILE
-    return read_calibration(path, tta, checkpoint) if path.is_file() else None
+    """What the calibration fitted to ``checkpoint`` sets for ``tta``; None when there is none or it
+    was fitted to other weights. Its own file first, else a run's legacy ``calibration.json``
+    (which names the checkpoint it was fitted to)."""
+    for path in (calibration_path(checkpoint), checkpoint.parent / LEGACY_CALIBRATION_FILE):
+        if path.is_file():
+            return read_calibration(path, tta, checkpoint)
+    return None
