@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from faceage.data.cache import ImageCache
 from faceage.evaluation.evaluate import select_samples
 from faceage.evaluation.metrics import gender_calibration_error
-from faceage.inference.calibration import (LEGACY_CALIBRATION_FILE, _sigmoid, band_index, calibration_path,
-                                           corrected_ages, fit_gender_temperatures, mean_confidence, prior_offset)
+from faceage.inference.calibration import (_sigmoid, band_index, calibration_file, corrected_ages,
+                                           fit_gender_temperatures, mean_confidence, prior_offset)
 from faceage.inference.checkpoint import load_checkpoint
 from faceage.inference.graph import cached_head_outputs
 from faceage.training.fit import default_data_path
@@ -53,9 +52,9 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
     a = ap.parse_args()
     loaded = load_checkpoint(a.run, calibrated=False)
-    cal_file = calibration_path(loaded.path)
-    if not cal_file.is_file():                      # a run calibrated by an earlier faceage
-        cal_file = loaded.path.parent / LEGACY_CALIBRATION_FILE
+    cal_file = calibration_file(loaded.path)
+    if cal_file is None:
+        raise SystemExit(f"{loaded.path} is not calibrated: run faceage calibrate {a.run} --age-prior auto first")
     cal = json.loads(cal_file.read_text())
     strength, prior = cal.get("age_prior_strength", {}).get("flip", 0.0), cal.get("age_prior")
     parts = {s: split_logits(loaded, a.data or default_data_path(), s, strength, prior) for s in ("val", "test")}

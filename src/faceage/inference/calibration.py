@@ -318,11 +318,17 @@ def _is_prior(prior) -> bool:
     return p.shape == (MAX_AGE + 1,) and bool(np.isfinite(p).all() and (p > 0).all())
 
 
-def saved_calibration(checkpoint: Path, tta: str) -> dict | None:
-    """What the calibration fitted to ``checkpoint`` sets for ``tta``; None when there is none or it
-    was fitted to other weights. Its own file first, else a run's legacy ``calibration.json``
-    (which names the checkpoint it was fitted to)."""
+def calibration_file(checkpoint: Path) -> Path | None:
+    """The calibration file for ``checkpoint``: its own, else the run's legacy ``calibration.json``
+    (which names the checkpoint it was fitted to); None when there is neither."""
     for path in (calibration_path(checkpoint), checkpoint.parent / LEGACY_CALIBRATION_FILE):
         if path.is_file():
-            return read_calibration(path, tta, checkpoint)
+            return path
     return None
+
+
+def saved_calibration(checkpoint: Path, tta: str) -> dict | None:
+    """What the calibration fitted to ``checkpoint`` sets for ``tta``; None when there is none or it
+    was fitted to other weights."""
+    path = calibration_file(checkpoint)
+    return read_calibration(path, tta, checkpoint) if path is not None else None
