@@ -9,10 +9,13 @@ with a monotone age calibration fitted on the validation split (the inverse of t
 prediction per true-age band).
 
     .venv/bin/python bench/accuracy_targets.py MODEL [MODEL ...] [--split bench/utkface_split.csv]
-        [--calibrate] [--ensemble] [--json OUT]
+        [--calibrate] [--ensemble] [--bootstrap N] [--json OUT]
 
 ``--ensemble`` also scores the mean of all the models' flip-averaged outputs (what distilling
-them into one student could at best approach).
+them into one student could at best approach). ``--bootstrap N`` adds 95% intervals of the headline
+numbers (flip-averaged) from N resamples of the test faces, and, with several models, of each
+model's difference to the first on the same resamples (a paired comparison: is a gain more than
+the luck of which faces are in the test split?).
 
 MODEL: a run directory, .ckpt or .onnx. Images are the original UTKFace JPEGs.
 """
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument("--split", default="bench/utkface_split.csv")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--ensemble", action="store_true", help="also score the mean of all models (flip-averaged)")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="95%% intervals from N resamples")
     ap.add_argument("--json")
     a = ap.parse_args()
     manifest, _ = read_dataset(a.data)
@@ -127,9 +131,42 @@ def main() -> None:
         name = "ensemble(" + ", ".join(a.models) + ")"
         report[name] = {"flip-TTA": score(ta, tg, mean[0], mean[1])}
         print_variants(name, report[name])
+        members.append(mean)
+    if a.bootstrap:
+        names = list(report)
+        intervals = bootstrap(ta, tg, members, a.bootstrap)
+        for name, (ci, diff) in zip(names, intervals):
+            report[name]["bootstrap"] = {"interval95": ci, "difference_to_first95": diff}
+            print_bootstrap(name, ci, diff, names[0])
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+HEADLINE = ("mae", "cs5", "gender_acc", "mae_60plus", "worst_signed_13plus")
+
+
+def bootstrap(true_age, true_gender, members, n: int, seed: int = 0) -> list[tuple[dict, dict]]:
+    """95% percentile intervals of each member's headline numbers, and of its difference to the
+    first member, over n resamples (with replacement) of the faces, the same resamples for all."""
+    rng = np.random.default_rng(seed)
+    draws = np.empty((len(members), n, len(HEADLINE)))
+    for j in range(n):
+        idx = rng.integers(0, len(true_age), len(true_age))
+        for m, (out, out_flip) in enumerate(members):
+            r = score(true_age[idx], true_gender[idx], {k: v[idx] for k, v in out.items()},
+                      {k: v[idx] for k, v in out_flip.items()})
+            draws[m, j] = [r[k] for k in HEADLINE]
+    interval = lambda d: {k: [float(v) for v in np.percentile(d[:, i], [2.5, 97.5])] for i, k in enumerate(HEADLINE)}
+    return [(interval(draws[m]), interval(draws[m] - draws[0]) if m else {}) for m in range(len(members))]
+
+
+def print_bootstrap(model: str, ci: dict, diff: dict, first: str) -> None:
+    fmt = {"cs5": "{:.1%}", "gender_acc": "{:.2%}"}
+    show = lambda k, v: " to ".join(fmt.get(k, "{:.3f}").format(x) for x in v)
+    print(f"{model} [flip-TTA] 95% intervals: " + "  ".join(f"{k} {show(k, v)}" for k, v in ci.items()))
+    if diff:
+        print(f"    minus {first}: " + "  ".join(f"{k} {show(k, v)}" for k, v in diff.items()))
 
 
 def print_variants(model: str, variants: dict) -> None:
