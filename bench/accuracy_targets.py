@@ -41,6 +41,13 @@ TARGETS = {"mae": ("<=", 4.40), "cs5": (">=", 0.68), "gender_acc": (">=", 0.95),
            "mirror_median": ("<=", 0.6), "mirror_p95": ("<=", 2.5), "mirror_gender_agree": (">=", 0.99)}
 
 
+def split_samples(data, split_file: str, parts=("val", "test")) -> dict[str, list]:
+    """The dataset's samples in each named part of a split file (bench/utkface_split.csv)."""
+    manifest, _ = read_dataset(data)
+    split = load_split(split_file)
+    return {p: [s for s in manifest.samples if split.get(s.key) == p] for p in parts}
+
+
 def predict(runner, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
     parts = [runner.predict(images[i:i + batch]) for i in range(0, len(images), batch)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -101,9 +108,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="95%% intervals from N resamples")
     ap.add_argument("--json")
     a = ap.parse_args()
-    manifest, _ = read_dataset(a.data)
-    split = load_split(a.split)
-    parts = {p: [s for s in manifest.samples if split.get(s.key) == p] for p in ("val", "test")}
+    parts = split_samples(a.data, a.split)
     report, members = {}, []
     for model in a.models:
         runner = load_runner(model)

@@ -23,9 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from accuracy_targets import score
-from faceage.data.readers import read_dataset
-from faceage.data.split import load_split
+from accuracy_targets import score, split_samples
 from faceage.inference.checkpoint import load_checkpoint
 from faceage.inference.graph import InferenceGraph
 from faceage.models.registry import model_signature
@@ -95,13 +93,12 @@ def main() -> None:
     variants.update({f"averaged backbone + heads of run {i + 1}": soup(nets, [i]) for i in range(len(nets))})
     variants["averaged backbone + all heads (logits averaged)"] = soup(nets, list(range(len(nets))))
 
-    manifest, _ = read_dataset(a.data)
-    split = load_split(a.split)
+    parts = split_samples(a.data, a.split)
     spec = loaded[0].preprocess
     print(f"{len(nets)} runs; backbone weights' change from run 1, relative to its norm: " + ", ".join(
         f"run {i + 1} {change(nets[0], n):.4f}" for i, n in enumerate(nets[1:], 1)))
     for part in ("val", "test"):
-        samples = [s for s in manifest.samples if split.get(s.key) == part][:a.limit]
+        samples = parts[part][:a.limit]
         images = np.stack([load_image(s.path, spec) for s in samples])
         age, gender = np.array([s.age for s in samples], float), np.array([s.gender for s in samples])
         results = {name: answers(net, images) for name, net in variants.items()}

@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from accuracy_targets import BANDS, predict
-from faceage.data.readers import read_dataset
-from faceage.data.split import load_split
+from accuracy_targets import BANDS, predict, split_samples
 from faceage.inference.runners import load_runner
 from faceage.preprocess import load_image
 from faceage.training.fit import default_data_path
@@ -36,7 +34,10 @@ def female_probability(model: str, samples) -> np.ndarray:
     """Each face's probability of female, the mean of the face and its mirror image."""
     runner = load_runner(model)
     images = np.stack([load_image(s.path, runner.preprocess) for s in samples])
-    return (predict(runner, images)["gender_prob"] + predict(runner, images[:, :, ::-1].copy())["gender_prob"]) / 2
+    female = predict(runner, images)["gender_prob"]
+    if runner.spec.tta == "flip":           # the model already averages the mirror image in its graph
+        return female
+    return (female + predict(runner, images[:, :, ::-1].copy())["gender_prob"]) / 2
 
 
 def contact_sheet(rows: list[dict], path: Path, columns: int = 8) -> None:
@@ -59,9 +60,7 @@ def main() -> None:
     ap.add_argument("--min-age", type=int, default=13, help="youngest age on the contact sheet")
     ap.add_argument("--sheet", type=int, default=48, help="faces on the contact sheet")
     a = ap.parse_args()
-    manifest, _ = read_dataset(a.data)
-    split = load_split(a.split)
-    samples = [s for s in manifest.samples if split.get(s.key) == "test"]
+    samples = split_samples(a.data, a.split, ("test",))["test"]
     female = np.stack([female_probability(m, samples) for m in a.models])       # models x faces
     label = np.array([s.gender for s in samples])
     age = np.array([s.age for s in samples])
