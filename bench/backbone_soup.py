@@ -4,9 +4,9 @@ Wortsman et al., ICML 2022) and score the result against each run and the runs' 
 An ensemble of several runs costs one network pass per run, which the 5 ms per face target does not
 allow. The face backbones move little in fine-tuning (two faceres-deep runs at a 0.1x backbone
 learning rate end 1.1% of the weights' norm apart, BENCHMARKS.md 11m), so runs started from the
-same weights can share one averaged backbone. Their heads start from different random weights (different seeds) and cannot be averaged
-weight by weight; the soup keeps them all and averages their logits, the way flip averaging does,
-at the cost of the heads only.
+same weights can share one averaged backbone. Their heads start from different random weights
+(different seeds) and cannot be averaged weight by weight; the soup keeps them all and averages
+their logits, the way flip averaging does, at the cost of the heads only.
 
     PYTHONPATH=src .venv/bin/python bench/backbone_soup.py CKPT CKPT [CKPT ...] [--split bench/utkface_split.csv]
 
