@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from serving import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +39,6 @@ TINY = ["model.name=utk-custom-128", "model.input_size=48", "data.batch_size=14"
         "augment.flip=0.5", "augment.rotation=10", "augment.brightness=0.2",
         "schedule.name=cosine", "schedule.warmup_epochs=1"]
 DDP = ["train.devices=2", "train.strategy=ddp"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Procs:

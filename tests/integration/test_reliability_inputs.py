@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import faceage, face_image, write_utk
-from serving import free_port, png_bytes
+from serving import png_bytes, serve_process
 from faceage.data.readers import read_dataset, verify_images
 from faceage.errors import ConfigError, DataError
 from faceage.inference.inputs import to_rgb_image
@@ -237,28 +237,10 @@ def test_identical_files_with_different_labels_are_reported(tmp_path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")              # a clean HOME: onnxruntime must write nothing there
-    port = free_port()
-    env = dict(os.environ, HOME=str(home), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, HOME=str(home))
     env.pop("ORT_DISABLE_TELEMETRY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "faceage", "serve", "--port", str(port), "--workers", "2",
-                             "--upload-timeout", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read()}")
-        time.sleep(0.2)
-    yield proc, url, port, home
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serve_process("--workers", "2", "--upload-timeout", "3", env=env) as (proc, url, port):
+        yield proc, url, port, home
 
 
 def test_memory_stays_bounded_under_pixel_bombs(server):

@@ -2,16 +2,13 @@
 concurrent clients, zero errors, every answer right, and the server's memory stays put."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from serving import free_port
+from serving import serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -20,25 +17,8 @@ CLIENTS, REQUESTS = 16, 512
 
 @pytest.fixture
 def server_process():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faceage", "serve", "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read()}")
-        time.sleep(0.2)
-    yield proc, url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serve_process("--workers", "2") as (proc, url, _port):
+        yield proc, url
 
 
 def test_512_requests_from_16_clients_without_an_error(server_process, astronaut_png):
