@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("targets", help="a .npz written by faceage teach")
     ap.add_argument("--split", default=str(HERE / "utkface_split.csv"))
-    ap.add_argument("--data", default=None, help="dataset (default: the shared UTKFace)")
+    ap.add_argument("--data", default=default_data_path(), help="dataset (default: the shared UTKFace)")
     a = ap.parse_args()
 
     targets = np.load(a.targets)
@@ -39,7 +39,7 @@ def main() -> None:
     print("| part | faces | target age (mean of the distribution) MAE | gender agrees with the label "
           "| contradicted with >= 90% confidence (aged 13+) |")
     print("|---|---|---|---|---|")
-    for part, samples in split_samples(a.data or default_data_path(), a.split, PARTS).items():
+    for part, samples in split_samples(a.data, a.split, PARTS).items():
         idx = np.array([row[s.digest] for s in samples])
         age = np.array([s.age for s in samples], float)
         gender = np.array([s.gender for s in samples])
