@@ -1,14 +1,16 @@
-"""`faceage serve` settings checks and the header-only pixel limit, without a model."""
+"""`faceage serve` settings checks, its listening socket and the header-only pixel limit, without a model."""
 from __future__ import annotations
 
+import asyncio
 import io
+import socket
 
 import pytest
 from PIL import Image
 
 from faceage.errors import ConfigError
 from faceage.preprocess import ImageDecodeError, open_image
-from faceage.serve.server import check, is_loopback
+from faceage.serve.server import bind, check, is_loopback
 from faceage.serve.settings import ServeSettings
 
 
@@ -20,6 +22,31 @@ from faceage.serve.settings import ServeSettings
 def test_bad_settings_are_refused_with_the_option_named(bad):
     with pytest.raises(ConfigError):
         check(ServeSettings(**bad))
+
+
+def test_connections_accepted_by_serve_have_nagle_off():
+    """uvicorn serves on the socket ``bind`` returns, through asyncio, which turns Nagle's algorithm
+    off only on connections from a socket that names IPPROTO_TCP. With it on, a keep-alive client
+    waited ~40 ms (its delayed ACK) for every answer after the first (BENCHMARKS section 8)."""
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader, writer):
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listening = bind("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connect, sock=listening)     # as uvicorn does with sockets=[...]
+        try:
+            _, writer = await asyncio.open_connection(*listening.getsockname())
+            value = await asyncio.wait_for(accepted, 10)
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return value
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
 
 
 def test_defaults_are_safe():

@@ -40,8 +40,11 @@ def is_loopback(host: str) -> bool:
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound here rather than by uvicorn: a port in use is then one clear
     error (exit 2), raised before anything says "serving", instead of uvicorn's log line and exit 1."""
-    # The address family as uvicorn chooses it: IPv6 only for an IPv6 literal.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # The address family as uvicorn chooses it: IPv6 only for an IPv6 literal. The protocol must
+    # be named: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on connections accepted from
+    # a socket whose proto is IPPROTO_TCP, and with it on, every request after the first on a
+    # keep-alive connection waited ~40 ms for the client's delayed ACK (BENCHMARKS section 8).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # As uvicorn does: a restart may reuse a port whose old connections linger in TIME_WAIT.
     # (On Linux this does not allow a second listener on a port another socket listens on.)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
