@@ -101,8 +101,9 @@ def load(url: str, photo: bytes, clients: int, requests: int, server: Server) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--torch-model", default="bench/results/gpu-run2/mobilenetv2-dldl/best.ckpt",
-                    help="checkpoint for the torch back-end (the one the default ONNX was exported from)")
+    ap.add_argument("--torch-model", default="bench/results/issue9/faceresdeep160-split/best-fp16.ckpt",
+                    help="checkpoint for the torch back-end: the default's architecture (FaceRes, 160 px); "
+                         "the default's own checkpoint is not kept")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the request counts (40 per client level)")
     a = ap.parse_args()
     photo = test_photo()
