@@ -53,6 +53,12 @@ def predict(runner, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def predict_with_mirror(runner, samples) -> tuple[dict, dict]:
+    """The runner's answers for the samples' images and for their mirror images."""
+    imgs = np.stack([load_image(s.path, runner.preprocess) for s in samples])
+    return predict(runner, imgs), predict(runner, imgs[:, :, ::-1].copy())
+
+
 def calibration(pred: np.ndarray, true: np.ndarray, band: int = 5):
     """Undo the pull toward the middle: fit the mean prediction per true-age band on the
     validation split (made monotone), then map a prediction back through that curve's inverse.
@@ -112,11 +118,9 @@ def main() -> None:
     report, members = {}, []
     for model in a.models:
         runner = load_runner(model)
-        spec = runner.preprocess
         rows = {}
         for part in ("val", "test") if a.calibrate else ("test",):
-            imgs = np.stack([load_image(s.path, spec) for s in parts[part]])
-            out, out_flip = predict(runner, imgs), predict(runner, imgs[:, :, ::-1].copy())
+            out, out_flip = predict_with_mirror(runner, parts[part])
             rows[part] = (np.array([s.age for s in parts[part]], float), np.array([s.gender for s in parts[part]]),
                           out, out_flip)
         ta, tg, out, out_flip = rows["test"]

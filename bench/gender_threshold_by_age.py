@@ -14,12 +14,11 @@ import argparse
 
 import numpy as np
 
-from accuracy_targets import flip_average, predict, split_samples
+from accuracy_targets import BANDS, flip_average, predict_with_mirror, split_samples
 from faceage.inference.runners import load_runner
-from faceage.preprocess import load_image
 from faceage.training.fit import default_data_path
 
-EDGES = [0, 3, 13, 20, 40, 60, 80, 200]
+EDGES = [lo for _, lo, _ in BANDS] + [BANDS[-1][2]]           # the bands' limits: 0, 3, 13, ..., 80, 200
 OFFSETS = np.round(np.linspace(-1.5, 1.5, 61), 2)
 
 
@@ -54,14 +53,13 @@ def main() -> None:
     runner = load_runner(a.model)
     faces = {}
     for part, samples in parts.items():
-        imgs = np.stack([load_image(s.path, runner.preprocess) for s in samples])
-        out = flip_average(predict(runner, imgs), predict(runner, imgs[:, :, ::-1].copy()))
+        out = flip_average(*predict_with_mirror(runner, samples))
         faces[part] = (logit(out["gender_prob"]), out["age"], np.array([s.gender == 1 for s in samples]))
     z, age, female = faces["val"]
     offsets = [best_offset(z[(age >= lo) & (age < hi)], female[(age >= lo) & (age < hi)])
                for lo, hi in zip(EDGES[:-1], EDGES[1:])]
     single = best_offset(z, female)
-    bands = ", ".join(f"{lo}-{hi - 1 if hi < 200 else ''}: {o:+.2f}" for lo, hi, o in zip(EDGES[:-1], EDGES[1:], offsets))
+    bands = ", ".join(f"{name}: {o:+.2f}" for (name, _, _), o in zip(BANDS, offsets))
     print(f"{a.model}: logit offsets fitted on {len(z)} validation faces by predicted age: {bands}; one for all ages {single:+.2f}")
     for part, (z, age, female) in faces.items():
         before, after = right(z, female), right(shifted(z, age, offsets), female)
