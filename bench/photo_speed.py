@@ -1,6 +1,7 @@
 """Whole-photo speed, by photo size, face size and face count: from a decoded photo, and end to
-end from the JPEG file's bytes (decode + detect + align + predict, what `faceage predict` and
-`faceage serve` do with an upload).
+end from the JPEG file's bytes (decode + detect + align + predict, what `faceage predict` does
+with a file: a large JPEG is decoded coarsely first, see ``Predictor(coarse_decode=...)``), and the
+same with every pixel decoded (``coarse_decode=False``; what `faceage serve` does with an upload).
 
 Photos are synthetic but the faces are real: a UTKFace test chip pasted into a canvas of the
 given size, at a sixth of the photo's shorter side or, for a portrait, at half of it (a face
@@ -80,24 +81,26 @@ def main() -> None:
     a = ap.parse_args()
     chip = Image.open(sorted(Path(default_data_path()).glob("30_1_0_*.chip.jpg"))[0]).convert("RGB")
     pred = Predictor(a.model)
+    every_pixel = Predictor(a.model, coarse_decode=False)
     rng = np.random.default_rng(0)
     crop = np.asarray(chip.resize((pred.pre.size, pred.pre.size)))[None]
     model_ms, _ = timed(lambda: pred.runner.predict(crop), a.reps * 3)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {pred.runner.spec.name} via "
           f"{type(pred.runner).__name__}; model-only baseline {model_ms:.1f} ms per face (batch 1)")
     print("| photo | faces | face side | detected | ms from the decoded photo | JPEG | ms to decode it "
-          "| ms end to end from the JPEG (median) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ms end to end from the JPEG (median) | the same, every pixel decoded |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mp, faces, fraction in CASES:
         img = photo(mp, faces, chip, rng, fraction)
         data = jpeg(img)
         reps = a.reps if mp < 50 else max(3, a.reps // 3)
-        (decoded_ms, found), (decode_ms, _), (total_ms, found_e2e) = interleaved(
-            [lambda: pred.analyze(img), lambda: open_image(data), lambda: pred.analyze(data)], reps)
-        assert len(found_e2e) == len(found)
+        (decoded_ms, found), (decode_ms, _), (total_ms, found_e2e), (every_ms, found_every) = interleaved(
+            [lambda: pred.analyze(img), lambda: open_image(data), lambda: pred.analyze(data),
+             lambda: every_pixel.analyze(data)], reps)
+        assert len(found_e2e) == len(found) == len(found_every)
         side = max(48, int(img.height * fraction))
         print(f"| {img.width}x{img.height} ({mp} MP) | {faces} | {side} px | {len(found)} | {decoded_ms:.1f} | "
-              f"{len(data) / 1e6:.2f} MB | {decode_ms:.1f} | {total_ms:.1f} |")
+              f"{len(data) / 1e6:.2f} MB | {decode_ms:.1f} | {total_ms:.1f} | {every_ms:.1f} |")
 
 
 if __name__ == "__main__":

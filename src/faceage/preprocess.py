@@ -165,16 +165,27 @@ def _open(fp, limit: int | None) -> Image.Image:
         return Image.open(fp)
 
 
-def _draft_to_fit(img: Image.Image, limit: int) -> None:
-    """Let libjpeg decode a JPEG over ``limit`` pixels at 1/2, 1/4 or 1/8 scale, the largest
-    that fits (no-op for other formats: ``draft`` is JPEG's own DCT scaling)."""
+def _draft_first(img: Image.Image, factors, accept) -> None:
+    """Let libjpeg decode a JPEG at 1/k scale for the first k of ``factors`` whose size
+    ``accept(width, height)`` takes (DCT scaling: the full image never exists in memory; no-op
+    for other formats, or when none is taken)."""
     if img.format != "JPEG":
         return
-    for k in (2, 4, 8):
+    for k in factors:
         w, h = math.ceil(img.width / k), math.ceil(img.height / k)
-        if w * h <= limit:
+        if accept(w, h):
             img.draft(img.mode, (w, h))
             return
+
+
+def _draft_to_fit(img: Image.Image, limit: int) -> None:
+    """A JPEG over ``limit`` pixels: decode at 1/2, 1/4 or 1/8 scale, the largest that fits."""
+    _draft_first(img, (2, 4, 8), lambda w, h: w * h <= limit)
+
+
+def _draft_at_least(img: Image.Image, side: int) -> None:
+    """A JPEG: decode at 1/8, 1/4 or 1/2 scale, the smallest whose longer side is still ``side`` px."""
+    _draft_first(img, (8, 4, 2), lambda w, h: max(w, h) >= side)
 
 
 def _check_size(img: Image.Image, limit: int | None, from_env: bool, reduce_to_fit: bool) -> None:
@@ -189,10 +200,13 @@ def _check_size(img: Image.Image, limit: int | None, from_env: bool, reduce_to_f
             raise _too_large(*original, limit, from_env)
 
 
-def _decode(img: Image.Image, limit: int | None, from_env: bool, reduce_to_fit: bool) -> Image.Image:
+def _decode(img: Image.Image, limit: int | None, from_env: bool, reduce_to_fit: bool,
+            at_least: int | None = None) -> Image.Image:
     """Check the header, decode, apply EXIF orientation."""
     original = img.size
     _check_size(img, limit, from_env, reduce_to_fit)
+    if at_least and img.size == original:
+        _draft_at_least(img, at_least)
     reduced = img.size != original
     img.load()
     orientation = img.getexif().get(0x0112, 1)          # EXIF Orientation
@@ -206,7 +220,8 @@ def _decode(img: Image.Image, limit: int | None, from_env: bool, reduce_to_fit: 
     return out
 
 
-def open_image(source, max_pixels: int | None = None, *, reduce_to_fit: bool = False) -> Image.Image:
+def open_image(source, max_pixels: int | None = None, *, reduce_to_fit: bool = False,
+               at_least: int | None = None) -> Image.Image:
     """Open and fully decode an image from a path or bytes, honouring EXIF orientation.
 
     ``max_pixels``: the largest image accepted, checked from the header before any pixel is
@@ -215,6 +230,9 @@ def open_image(source, max_pixels: int | None = None, *, reduce_to_fit: bool = F
     ``reduce_to_fit``: a JPEG over the limit is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, so the full image never exists in memory) instead of being refused; its size before
     reduction (after EXIF rotation) is then in ``img.info["faceage_original_size"]``.
+    ``at_least``: a JPEG is decoded at the coarsest of 1/8, 1/4 and 1/2 scale whose longer side is
+    still at least this many px (a coarse first look that may spare decoding every pixel; the
+    size before reduction is recorded the same way).
     Raises a subclass of :class:`ImageDecodeError` naming what is wrong."""
     from_env = max_pixels is None
     limit = default_max_pixels() if from_env else (int(max_pixels) or None)
@@ -237,7 +255,7 @@ def open_image(source, max_pixels: int | None = None, *, reduce_to_fit: bool = F
                 raise EmptyImageError()
             img = _open(path, limit)
         try:
-            return _decode(img, limit, from_env, reduce_to_fit)
+            return _decode(img, limit, from_env, reduce_to_fit, at_least)
         except BaseException:
             img.close()             # the file handle of a lazily opened path
             raise

@@ -3,11 +3,13 @@ generators, typed errors, BGR arrays, aligned crops, face crops without detectio
 frames and HEIC photos - with the shipped model and the real detector on real UTKFace faces."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import real_data_dir
+from conftest import faceage, real_data_dir
 from faceage.inference.align import align_face
 from faceage.inference.predictor import Predictor
 from faceage.preprocess import (CorruptImageError, ImageDecodeError, ImageNotFoundError, IsAFolderError,
@@ -73,6 +75,33 @@ def test_faces_are_numbered_in_reading_order(predictor, group):
     assert [f.box[0] for f in faces] == sorted(f.box[0] for f in faces)
     assert faces[0].age < 20 < faces[1].age < 50 < faces[2].age    # the child, the 30-, the 70-year-old
     assert len(predictor.iter_analyze([group]).__next__().faces) == 3
+
+
+@pytest.fixture(scope="module")
+def sized_group():
+    """The same three people at three sizes: the child small, the 30-year-old largest."""
+    canvas = Image.new("RGB", (900, 360), (120, 125, 118))
+    people = [chips("8_*", 1)[0], chips("30_1_*", 1)[0], chips("70_0_*", 1)[0]]
+    for x, side, chip in zip((40, 300, 640), (120, 240, 180), people):
+        canvas.paste(chip.resize((side, side), Image.LANCZOS), (x, 60))
+    return canvas
+
+
+def test_max_faces_keeps_the_largest_and_min_face_size_drops_the_small(sized_group, tmp_path):
+    everyone = Predictor().analyze(sized_group)
+    widths = [f.box[2] - f.box[0] for f in everyone]
+    assert len(everyone) == 3 and widths[0] < widths[2] < widths[1]
+    (largest,) = Predictor(max_num_faces=1).analyze(sized_group)
+    assert largest.box == everyone[1].box and 20 < largest.age < 50
+    two = Predictor(max_num_faces=2).analyze(sized_group)
+    assert [f.box for f in two] == [everyone[1].box, everyone[2].box] and [f.number for f in two] == [1, 2]
+    cut = (widths[0] + widths[2]) / 2                # between the child's face and the next smallest
+    assert [f.box for f in Predictor(min_face_size=int(cut)).analyze(sized_group)] == [everyone[1].box, everyone[2].box]
+    sized_group.save(tmp_path / "group.jpg", quality=95)
+    out = faceage("predict", str(tmp_path / "group.jpg"), "--max-faces", "1", "--json", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    (photo,) = json.loads(out.stdout)
+    assert len(photo["faces"]) == 1 and 20 < photo["faces"][0]["age"] < 50
 
 
 def test_iter_analyze_streams_a_generator_in_bounded_batches(predictor, files):

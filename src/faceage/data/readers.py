@@ -27,7 +27,7 @@ from .manifest import MISSING, Manifest, NoUsableImageError, Sample, SkipReport
 # Archives are unpacked into the cache; these bound what one may write (a 1 MB zip can declare
 # a terabyte). Datasets of images barely compress, so a high ratio means something else.
 MAX_ARCHIVE_FILES = 1_000_000
-MAX_ARCHIVE_BYTES = 64 * 2**30
+MAX_ARCHIVE_BYTES = 64 * 10**9        # "64 GB" in README and in the refusal message (which counts 1e9 bytes a GB)
 MAX_ARCHIVE_RATIO = 100
 JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 HASH_CHUNK = 1 << 20

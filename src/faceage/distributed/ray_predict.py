@@ -112,7 +112,6 @@ def detect_block(batch, options: dict, cwd: str = "."):
     ``options``: Predictor's; ``cwd``: the folder relative paths are relative to."""
     import pyarrow as pa
 
-    from ..inference.inputs import to_rgb_image
     from ..inference.predictor import describe_error
     predictor = _cached_predictor(options)
     paths = batch.column("path").to_pylist()
@@ -136,7 +135,7 @@ def detect_block(batch, options: dict, cwd: str = "."):
             data = fetched.pop(path) if path in fetched else _read(path, cwd)
             if isinstance(data, Exception):
                 raise data
-            faces = predictor._find_faces(to_rgb_image(data))
+            _, faces = predictor._decode_and_find(data, "rgb", keep_image=False)    # as Predictor.analyze
         except Exception as exc:  # noqa: BLE001 - one row saying why, and the job goes on
             rows.append({"path": path, "n_rows": 1, "error": describe_error(exc) or type(exc).__name__,
                          "error_type": type(exc).__name__})

@@ -41,10 +41,21 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 MAX_WARP_SHRINK = 1.5
 
 
+def _crop_to_photo(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The 2x3 affine map from the crop's pixels to the photo's (as PIL's transform wants it)."""
+    m = similarity_transform(np.asarray(landmarks, float), CANONICAL_LANDMARKS * size)
+    return np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+
+
+def photo_px_per_crop_px(landmarks: np.ndarray, size: int) -> float:
+    """How many of the photo's pixels one pixel of the ``size`` px crop spans (< 1: the crop
+    would be upsampled from the photo)."""
+    return float(np.hypot(*_crop_to_photo(landmarks, size)[:, 0]))
+
+
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int) -> Image.Image:
     """Crop ``image`` (any mode) to a ``size`` x ``size`` face framed like a UTKFace chip."""
-    m = similarity_transform(np.asarray(landmarks, float), CANONICAL_LANDMARKS * size)
-    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]    # PIL maps output pixels -> input pixels
+    inv = _crop_to_photo(landmarks, size)                  # PIL maps output pixels -> input pixels
     shrink = float(np.hypot(*inv[:, 0]))                   # input pixels per output pixel
     if shrink > MAX_WARP_SHRINK:
         corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]) @ inv.T

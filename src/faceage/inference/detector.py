@@ -80,6 +80,11 @@ class RetinaFaceDetector:
         finest = min(RESOLVED_PX / self.min_face_size, math.sqrt(self.max_pixels / (width * height)))
         return tiling.pyramid(first, max(first, finest), RATIO)
 
+    @property
+    def first_side(self) -> int:
+        """The longer side of the first look's copy, in px."""
+        return self.det_size if self.det_size is not None else FIRST_SIDE
+
     def detect(self, image) -> list[Detection]:
         from PIL import Image
 
@@ -95,11 +100,26 @@ class RetinaFaceDetector:
             boxes.append(b / s)
             marks.append(m / s)
             scores.append(sc)
-            found_small = bool(len(b)) and float(np.min(b[:, 2] - b[:, 0])) < NEAR_LIMIT_PX
-            if not found_small and sum(map(len, scores)):
-                break                     # faces found, none near this copy's limit: look no finer
+            if _look_no_finer(b, sum(map(len, scores))):
+                break
+        return self._merge(boxes, marks, scores, several_scales=len(scales) > 1)
+
+    def first_look(self, image, full_size: tuple[int, int]) -> list[Detection] | None:
+        """:meth:`detect` on a photo of ``full_size`` px, from ``image``, a reduced copy of it whose
+        longer side is at least :attr:`first_side`, when the first look is all that detect would
+        do: its faces, in ``image``'s pixels. None when detect would look finer (no face found,
+        or one near the first copy's limit), which needs the photo's own pixels."""
+        full_scales = self.scales(*full_size)
+        s = full_scales[0] * max(full_size) / max(image.size)      # the same first copy, from here
+        b, m, sc = self._level(image, s, math.inf)
+        if len(full_scales) > 1 and not _look_no_finer(b, len(b)):
+            return None
+        return self._merge([b / s], [m / s], [sc], several_scales=len(full_scales) > 1)
+
+    def _merge(self, boxes, marks, scores, several_scales: bool) -> list[Detection]:
+        """One non-maximum suppression over all copies' boxes (the network's own per copy suffices for one)."""
         b, m, sc = np.concatenate(boxes), np.concatenate(marks), np.concatenate(scores)
-        keep = tiling.nms(b, sc, self.nms_threshold) if len(scales) > 1 else np.argsort(-sc, kind="stable")
+        keep = tiling.nms(b, sc, self.nms_threshold) if several_scales else np.argsort(-sc, kind="stable")
         return [Detection(b[i], m[i], float(sc[i])) for i in keep]
 
     def _level(self, image, scale: float, keep_px: float):
@@ -139,3 +159,9 @@ class RetinaFaceDetector:
         boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], dtype=np.float64).reshape(-1, 4)
         marks = np.array([[[p.x, p.y] for p in f.landmarks] for f in faces], dtype=np.float64).reshape(-1, 5, 2)
         return boxes, marks, np.array([f.score for f in faces], dtype=np.float64)
+
+
+def _look_no_finer(boxes: np.ndarray, found_so_far: int) -> bool:
+    """Faces were found, and none on the latest copy is near its resolution limit."""
+    found_small = bool(len(boxes)) and float(np.min(boxes[:, 2] - boxes[:, 0])) < NEAR_LIMIT_PX
+    return not found_small and found_so_far > 0

@@ -19,11 +19,12 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpe
 
 
 def to_rgb_image(image, max_pixels: int | None = None, channels: str = "rgb", *,
-                 reduce_to_fit: bool = False) -> Image.Image:
+                 reduce_to_fit: bool = False, at_least: int | None = None) -> Image.Image:
     """Path, bytes, PIL image or NumPy array -> 8-bit RGB PIL image (EXIF orientation applied).
 
     Files and bytes are decoded under the pixel limit (``max_pixels``; None: the default,
-    ``$FACEAGE_MAX_MEGAPIXELS`` or 50 MP; see :func:`faceage.preprocess.open_image`). NumPy
+    ``$FACEAGE_MAX_MEGAPIXELS`` or 50 MP; see :func:`faceage.preprocess.open_image`, also for
+    ``reduce_to_fit`` and ``at_least``, which may decode a JPEG at a reduced scale). NumPy
     arrays follow the rules of :func:`array_to_image` (RGB order unless ``channels="bgr"``).
     A bad input raises a subclass of :class:`ImageDecodeError` (arrays: UnsupportedArrayError,
     also a ValueError) or TypeError."""
@@ -31,7 +32,7 @@ def to_rgb_image(image, max_pixels: int | None = None, channels: str = "rgb", *,
         raise ValueError(f"channels must be 'rgb' or 'bgr', not {channels!r}")
     if isinstance(image, (str, Path, bytes, bytearray, memoryview)):
         img = open_image(Path(image) if isinstance(image, str) else image, max_pixels=max_pixels,
-                         reduce_to_fit=reduce_to_fit)
+                         reduce_to_fit=reduce_to_fit, at_least=at_least)
         original_size = img.info.get("faceage_original_size")
         rgb = to_rgb(img, release=True)
         if rgb is not img:

@@ -6,6 +6,7 @@ torch through the same graph.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from ..labels import age_to_bin, bin_labels
 from ..preprocess import ImageDecodeError, frame
-from .align import align_face
+from .align import align_face, photo_px_per_crop_px
 from .detector import Detection
 from .inputs import to_rgb_image, video_frames
 from .results import Face, PhotoResult
@@ -37,10 +38,19 @@ class Predictor:
     min_face_size: ignore faces whose box is smaller than this many px (shorter side).
     max_num_faces: keep only the largest N faces (0: all).
     threads: onnxruntime threads for the detector and the age model, each (None: all cores).
+    coarse_decode: a JPEG given as a path or bytes whose longer side is about four times the
+        detector's first copy or more (2,560 px with the default) is first decoded at 1/2, 1/4 or
+        1/8 scale, the coarsest still twice that copy (1,280 px; libjpeg's DCT scaling: far
+        cheaper than every pixel). When
+        the detector's first look there is final, no pixel more is decoded for detection, and
+        each face is cropped from the coarsest decode where it is at least as fine as its crop
+        (that copy itself for big faces); when the detector must look finer, the photo is decoded
+        in full. Boxes are in the photo's own pixels either way. False: always decode in full.
     """
 
     def __init__(self, model=None, detector=None, *, det_size: int | None = None, det_thresh: float = 0.8,
-                 min_face_size: int = 0, max_num_faces: int = 0, batch_size: int = 32, threads: int | None = None):
+                 min_face_size: int = 0, max_num_faces: int = 0, batch_size: int = 32, threads: int | None = None,
+                 coarse_decode: bool = True):
         from .runners import load_runner
         if isinstance(detector, str) and detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}: use one of {', '.join(DETECTORS)}")
@@ -60,6 +70,7 @@ class Predictor:
                                           min_face_size=max(32, min_face_size))
         self.detector = None if self.skip_detection else detector
         self.min_face_size, self.max_num_faces = min_face_size, max_num_faces
+        self.coarse_decode = coarse_decode and hasattr(self.detector, "first_look")
         self.options = {"detector": "skip" if self.skip_detection else type(detector).__name__,
                         "det_size": det_size, "det_thresh": det_thresh, "min_face_size": min_face_size,
                         "max_num_faces": max_num_faces}
@@ -73,8 +84,8 @@ class Predictor:
         """The faces in one photo (path, bytes, PIL image or NumPy array; arrays are RGB unless
         ``channels="bgr"``). A photo that cannot be read raises a subclass of
         :class:`faceage.preprocess.ImageDecodeError` saying why."""
-        rgb = to_rgb_image(image, channels=channels)
-        return self._predict([self._find_faces(rgb)], return_crops)[0]
+        _, faces = self._decode_and_find(image, channels, keep_image=False)
+        return self._predict([faces], return_crops)[0]
 
     # ---- many photos -----------------------------------------------------------------------
     def iter_analyze(self, images: Iterable, *, channels: str = "rgb", return_crops: bool = False,
@@ -129,29 +140,63 @@ class Predictor:
         for index, image in chunk:
             path = str(image) if isinstance(image, (str, Path)) else None
             try:
-                rgb = to_rgb_image(image, channels=channels)
+                rgb, faces = self._decode_and_find(image, channels, keep_image=return_images)
             except (ImageDecodeError, TypeError) as exc:
                 results.append(PhotoResult(index, path, [], error=describe_error(exc), error_type=type(exc).__name__))
                 continue
             results.append(PhotoResult(index, path, [], image=rgb if return_images else None))
-            found.append((results[-1], self._find_faces(rgb)))
+            found.append((results[-1], faces))
         for result, faces in zip((r for r, _ in found), self._predict([f for _, f in found], return_crops)):
             result.faces = faces
         return results
 
     # ---- the pipeline ----------------------------------------------------------------------
+    def _decode_and_find(self, image, channels: str, keep_image: bool):
+        """(decoded photo, its faces as :meth:`_find_faces` gives them). A large JPEG file or bytes
+        is decoded coarsely first (see ``coarse_decode``); the photo returned is then a reduced
+        copy, unless ``keep_image`` asks for the photo itself."""
+        if self.coarse_decode and not keep_image and isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+            coarse = to_rgb_image(image, channels=channels, at_least=2 * self.detector.first_side)
+            full_size = coarse.info.get("faceage_original_size")
+            if full_size is None:                   # not reduced (small, or not a JPEG): it is the photo
+                return coarse, self._find_faces(coarse)
+            found = self.detector.first_look(coarse, full_size)
+            if found is not None:
+                return self._crop_found(image, channels, coarse, full_size, found)
+            coarse.close()                          # the detector must look finer: every pixel
+        rgb = to_rgb_image(image, channels=channels)
+        return rgb, self._find_faces(rgb)
+
     def _find_faces(self, rgb: Image.Image) -> list[tuple[Detection | None, np.ndarray]]:
         """(detection, aligned crop) per face: filtered by size, the largest N, in reading order."""
         if self.skip_detection:        # the photo is the crop: framed exactly as in training
             box = np.array([0, 0, rgb.width, rgb.height], dtype=np.float64)
             return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
-        detections = self.detector.detect(rgb)
+        return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size)))
+                for d in self._select(self.detector.detect(rgb))]
+
+    def _crop_found(self, image, channels: str, coarse: Image.Image, full_size, found: list[Detection]):
+        """:meth:`_find_faces`'s answer from the faces that the first look on ``coarse`` (a reduced
+        decode of the photo of ``full_size`` px) found: detections in the photo's pixels, each face
+        cropped from the coarsest decode where it is at least as fine as its crop (the coarse copy
+        itself when every face is big; else the photo decoded again, as finely as needed)."""
+        to_full = np.array(full_size, dtype=np.float64) / coarse.size
+        chosen = self._select([Detection(d.box * np.tile(to_full, 2), d.landmarks * to_full, d.score) for d in found])
+        finest = min((photo_px_per_crop_px(d.landmarks, self.pre.size) for d in chosen), default=math.inf)
+        source = coarse
+        if finest < to_full.max():                  # a face is coarser in this copy than in its crop
+            coarse.close()
+            source = to_rgb_image(image, channels=channels, at_least=math.ceil(max(full_size) / max(finest, 1.0)))
+        to_source = np.array(source.size, dtype=np.float64) / full_size
+        return source, [(d, self._as_input(align_face(source, d.landmarks * to_source, self.pre.size))) for d in chosen]
+
+    def _select(self, detections: list[Detection]) -> list[Detection]:
+        """Filtered by size, the largest N, in reading order."""
         if self.min_face_size:
             detections = [d for d in detections if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face_size]
         if self.max_num_faces:
             detections = sorted(detections, key=_area, reverse=True)[: self.max_num_faces]
-        detections.sort(key=lambda d: ((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2))
-        return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size))) for d in detections]
+        return sorted(detections, key=lambda d: ((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2))
 
     def _as_input(self, crop: Image.Image) -> np.ndarray:
         if self.pre.channels == 1:
