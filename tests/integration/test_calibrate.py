@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -208,7 +209,6 @@ def test_export_refuses_a_missing_or_broken_calibration_file(run, tmp_path):
 
 
 def test_age_prior_needs_the_runs_training_ages(run, real_subset, tmp_path):
-    import shutil
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(run / "best.ckpt", alone / "best.ckpt")          # no split.csv beside it
@@ -220,7 +220,6 @@ def test_age_prior_needs_the_runs_training_ages(run, real_subset, tmp_path):
 def test_each_checkpoint_keeps_its_own_calibration(run, real_subset, tmp_path):
     """Calibrating last.ckpt leaves best.ckpt's fit alone (one file per checkpoint), and a run
     calibrated by an earlier faceage (one calibration.json per run) still loads calibrated."""
-    import shutil
     if not (run / CALIBRATION).is_file():
         assert faceage("calibrate", run, "--data", real_subset).returncode == 0
     best_before = (run / CALIBRATION).read_text()
@@ -240,3 +239,13 @@ def test_each_checkpoint_keeps_its_own_calibration(run, real_subset, tmp_path):
     assert load_checkpoint(old).spec.interval_temperature == best["interval_temperature"]["none"]
     shutil.copy(run / "last.ckpt", old / "last.ckpt")     # the legacy file names best.ckpt, not last
     assert load_checkpoint(old / "last.ckpt").spec.interval_temperature == 1.0
+
+
+def test_calibrating_on_faces_the_model_trained_on_warns(run, real_subset, tmp_path):
+    copy = tmp_path / "run"                       # the module's run keeps its own calibration
+    shutil.copytree(run, copy)
+    r = faceage("calibrate", copy, "--data", real_subset, "--split", "train")
+    assert r.returncode == 0, r.stderr
+    assert "were used to train this model" in r.stderr and "too narrow" in r.stderr
+    r = faceage("calibrate", copy, "--data", real_subset)             # held-out faces: no warning
+    assert r.returncode == 0 and "were used to train" not in r.stderr

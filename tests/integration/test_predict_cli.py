@@ -64,7 +64,9 @@ def test_one_face_numbering_in_table_csv_and_json(album):
     pic = album / "a" / "pic.jpg"
     text = faceage("predict", pic).stdout
     assert "face 1:" in text and "face 2:" in text and "face 0" not in text
-    rows = list(csv.DictReader(io.StringIO(faceage("predict", pic, album / "b" / "wall.png", "--csv").stdout)))
+    r = faceage("predict", pic, album / "b" / "wall.png", "--csv")
+    assert "photos" in r.stderr and "2/2" in r.stderr                      # the progress bar counts photos
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
     faces = [r for r in rows if r["face"]]
     assert [r["face"] for r in faces] == ["1", "2"]
     assert float(faces[0]["x1"]) < float(faces[1]["x1"])                    # reading order: left to right

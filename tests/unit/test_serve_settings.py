@@ -10,7 +10,7 @@ from PIL import Image
 
 from faceage.errors import ConfigError
 from faceage.preprocess import ImageDecodeError, open_image
-from faceage.serve.server import bind, check, is_loopback
+from faceage.serve.server import announce, bind, check, is_loopback
 from faceage.serve.settings import ServeSettings
 
 
@@ -47,6 +47,15 @@ def test_connections_accepted_by_serve_have_nagle_off():
         return value
 
     assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True),
+                                          ("192.168.1.20", True)])
+def test_listening_beyond_this_machine_is_announced_with_a_warning(host, warned, capsys):
+    announce(ServeSettings(host=host, port=8123))
+    err = capsys.readouterr().err
+    assert f"serving the default model on http://{host}:8123" in err
+    assert ("listening beyond this machine" in err) is warned and ("no authentication or TLS" in err) is warned
 
 
 def test_defaults_are_safe():

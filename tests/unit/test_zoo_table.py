@@ -25,3 +25,20 @@ def test_models_listing_imports_no_torch():
     assert "HEAVY []" in r.stdout
     assert "keras-baseline-28      reference         203,434" in r.stdout
     assert "recipes (faceage train --config NAME" in r.stdout and "keras-baseline-28" in r.stdout.split("recipes")[-1]
+
+
+def test_recipes_lists_every_shipped_recipe_and_prints_one_by_name():
+    from faceage.recipebook import RECIPES_DIR
+    run = lambda *args: subprocess.run([sys.executable, "-m", "faceage", "recipes", *args], capture_output=True, text=True)
+    listing = run()
+    assert listing.returncode == 0, listing.stderr
+    shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    assert len(shipped) >= 10
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:len(shipped) + 1]] == shipped
+    for alias in ("best", "default"):           # README: `best` and `default` name mobilenetv2-dldl
+        assert f"{alias} " in listing.stdout and "the same file as mobilenetv2-dldl" in listing.stdout
+        assert run(alias).stdout == run("mobilenetv2-dldl").stdout
+    one = run("faceres-mobilenet")
+    assert one.returncode == 0 and "name: faceres_mobilenet" in one.stdout
+    missing = run("no-such-recipe")
+    assert missing.returncode != 0 and "no-such-recipe" in missing.stderr and "Traceback" not in missing.stderr

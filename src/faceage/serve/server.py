@@ -59,6 +59,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def announce(settings: ServeSettings) -> None:
+    """Where the service listens, on stderr; a warning when that is beyond this machine."""
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"faceage: serving {settings.model or 'the default model'} on {url}  (page: {url}/, API docs: {url}/docs)",
+          file=sys.stderr)
+    if not is_loopback(settings.host):
+        print("faceage: warning: listening beyond this machine. There is no authentication or TLS; put a reverse "
+              "proxy with both in front (see README, 'Serving').", file=sys.stderr)
+
+
 def serve(settings: ServeSettings) -> int:
     import uvicorn
 
@@ -67,12 +77,7 @@ def serve(settings: ServeSettings) -> int:
     predictor = load_predictor(settings)        # a bad model stops here, before binding the port
     app = create_app(settings, predictor)
     sock = bind(settings.host, settings.port)   # a port in use stops here, before "serving on"
-    url = f"http://{settings.host}:{settings.port}"
-    print(f"faceage: serving {settings.model or 'the default model'} on {url}  (page: {url}/, API docs: {url}/docs)",
-          file=sys.stderr)
-    if not is_loopback(settings.host):
-        print("faceage: warning: listening beyond this machine. There is no authentication or TLS; put a reverse "
-              "proxy with both in front (see README, 'Serving').", file=sys.stderr)
+    announce(settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     with sock:
         server.run(sockets=[sock])

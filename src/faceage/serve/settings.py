@@ -15,7 +15,7 @@ class ServeSettings:
     host: str = "127.0.0.1"             # loopback only unless asked: see README "Serving"
     port: int = 8000
     # Inference threads, each running onnxruntime single-threaded. On 2 cores, 2 workers serve
-    # 27 req/s of 1 MP photos where 1 worker with 2 threads serves 16 (BENCHMARKS.md section 8).
+    # 33-34 req/s of 1 MP photos where 1 worker with 2 threads serves 22-25 (BENCHMARKS.md section 8).
     # Requests beyond them wait for a free one, at most `queue_timeout_s`.
     workers: int = field(default_factory=cpu_cores)
     max_file_mb: float = 10.0           # per uploaded file -> 413 above it
