@@ -323,6 +323,13 @@ def test_a_finished_run_can_be_extended(runs, tmp_path, capsys):
     assert rc == 0, err[-3000:]
     rows = history(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and rows[:4] == history(runs["ref"])
+    # The cosine is laid out again over 5 epochs. The 4-epoch one has ended (lr 0): epoch 5 would
+    # leave every trained weight where epoch 4 did (batch norm's running statistics move anyway).
+    import torch
+    weights = lambda run: torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    before, after = weights(runs["ref"]), weights(run_dir)
+    trained = [k for k in before if before[k].is_floating_point() and "running_" not in k]
+    assert trained and any(not torch.equal(before[k], after[k]) for k in trained)
     assert "Epoch 5/5" in out and "Epoch 4/" not in out
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["epochs_run"] == 5 and summary["max_epochs"] == 5

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import faceage
@@ -50,8 +51,15 @@ def test_evaluate_json_has_sane_values(trained_run, real_subset):
     assert 0 < m["mae"] < 40 and 0 <= m["cs5"] <= 1 and m["rmse"] >= m["mae"]
     assert 0 <= m["gender_accuracy"] <= 1 and "per_age_band" in m and "per_race" in m
     assert sum(v["n"] for v in m["per_age_band"].values()) == m["n"]
-    assert (out / "eval_plots" / "predicted_vs_true.png").is_file()
-    assert "MAE" in r.stdout and "CS@5" in r.stdout
+    assert 0 <= m["bin_one_off_accuracy"] <= 1 and m["bin_accuracy"] <= m["bin_one_off_accuracy"]
+    cm = np.array(m["bin_confusion"])
+    assert cm.shape == (len(m["age_bin_names"]),) * 2 and cm.sum() == m["n"]
+    assert abs(np.trace(cm) / m["n"] - m["bin_accuracy"]) < 1e-9
+    assert sum(v["n"] for v in m["per_gender"].values()) == m["n"] and all(v["mae"] >= 0 for v in m["per_gender"].values())
+    assert 0 <= m["gender_f1"] <= 1
+    for plot in ("predicted_vs_true", "error_by_age", "age_bin_confusion"):   # README: plots beside the JSON
+        assert (out / "eval_plots" / f"{plot}.png").is_file(), plot
+    assert "MAE" in r.stdout and "CS@5" in r.stdout and "age bins: accuracy" in r.stdout and "F1" in r.stdout
 
 
 def test_evaluate_on_a_foreign_folder_scores_every_image(trained_run, tmp_path, real_subset):
