@@ -136,3 +136,12 @@ def test_a_model_that_kept_a_test_split_is_scored_on_it_without_warning(tmp_path
         (data / name).write_bytes((real_data_dir() / name).read_bytes())
     r = faceage("evaluate", "--model", model, "--data", data)
     assert r.returncode == 0 and "on 3 images" in r.stdout and "warning" not in r.stderr.lower()
+
+
+def test_the_table_says_no_face_and_a_missing_file_is_one_error_line(album):
+    r = faceage("predict", album / "b" / "wall.png", album / "b" / "missing.jpg", album / "a" / "pic.jpg", "--no-progress")
+    assert r.returncode == 1 and "Traceback" not in r.stderr        # the missing file fails, the rest are done
+    lines = r.stdout.splitlines()
+    assert [line for line in lines if "wall.png" in line] == [f"{album / 'b' / 'wall.png'}: no face found"]
+    assert [line for line in lines if "missing.jpg" in line] == [f"{album / 'b' / 'missing.jpg'}: ERROR file not found"]
+    assert "face 2:" in r.stdout

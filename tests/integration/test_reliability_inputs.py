@@ -120,6 +120,10 @@ def test_pixel_limit_applies_by_default_and_says_why(tmp_path, monkeypatch):
         open_image(big)
     monkeypatch.setenv("FACEAGE_MAX_MEGAPIXELS", "100")
     assert decoded_size(big) == (10000, 9500)
+    monkeypatch.setenv("FACEAGE_MAX_MEGAPIXELS", "0")            # no faceage limit: Pillow's guard (89 MP) alone
+    assert decoded_size(data) == (8660, 5774)
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        decoded_size(big)
     monkeypatch.setenv("FACEAGE_MAX_MEGAPIXELS", "lots")
     with pytest.raises(ConfigError, match="FACEAGE_MAX_MEGAPIXELS"):
         open_image(data)

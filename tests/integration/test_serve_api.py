@@ -2,6 +2,7 @@
 service promises, the model description, the docs, and that uploads never touch the disk."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -145,6 +146,8 @@ def test_model_health_and_docs(client):
     m = client.get("/v1/model").json()
     shipped = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     assert m["name"] == "default" and m["backend"] == "onnxruntime"
+    digest = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()[:16]    # README: version with the file's sha256
+    assert m["version"].startswith("faceage ") and m["version"].endswith(f", sha256 {digest}")
     assert m["input"]["size"] == shipped["preprocess"]["size"] and m["metrics"]["mae"] == shipped["metrics"]["mae"]
     assert m["metrics"]["n"] == 2811 and m["metrics"]["mae"] < 5.5
     assert m["limits"]["max_file_mb"] == 10

@@ -237,3 +237,22 @@ def test_gender_metrics_report_confidence_and_calibration_error():
     assert m["gender_accuracy"] == 0.75 and m["gender_mean_confidence"] == pytest.approx(0.8475)
     assert m["gender_calibration_error"] == pytest.approx(0.42 * 2 / 4 + 0.18 / 4 + 0.27 / 4)
     assert gender_metrics(np.array([1, 0]), np.array([1.0, 0.0]))["gender_calibration_error"] == 0.0
+
+
+def test_model_l2_adds_l2_times_the_squared_hidden_kernels_to_the_loss():
+    """README: `model.l2` is Keras-style kernel L2, `loss += l2 * sum(w**2)`, on the heads' hidden
+    Dense layers (not their output layers, nor biases)."""
+    from faceage.models.registry import create_model
+    torch.manual_seed(0)
+    kw = dict(tasks={"age_reg": 1.0, "gender": 1.0}, head_hidden=[8, 4], input_size=64, pretrained=None)
+    plain, regularized = create_model("utk-custom-128", l2=0.0, **kw), create_model("utk-custom-128", l2=0.01, **kw)
+    regularized.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    batch = _batch(age=torch.tensor([20.0, 35.0, 60.0]), gender=torch.tensor([0, 1, 1]))
+    plain.eval(), regularized.eval()
+    loss_plain, _ = plain.losses(plain(x), batch)
+    loss_l2, _ = regularized.losses(regularized(x), batch)
+    kernels = [m.weight for h in regularized.heads.values() for m in h.hidden.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(kernels) == 4                           # two hidden layers in each of the two heads
+    expected = 0.01 * sum(float((w.detach() ** 2).sum()) for w in kernels)
+    assert math.isclose(float((loss_l2 - loss_plain).detach()), expected, rel_tol=1e-5) and expected > 0

@@ -114,16 +114,22 @@ def test_class_per_subfolder(tmp_path):
     assert sorted(s.label for s in manifest.samples) == [0, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+@pytest.mark.parametrize("fmt", ["tar.gz", "tgz", "tar", "zip"])
 def test_archives(synthetic_utk, tmp_path, fmt):
     archive = tmp_path / f"UTKFace.{fmt}"
+    (tmp_path / "Thumbs.db").write_bytes(b"windows thumbnail cache")      # README: ignored, as hidden files
+    (tmp_path / ".hidden.jpg").write_bytes(b"an editor's backup")
     if fmt == "zip":
         with zipfile.ZipFile(archive, "w") as zf:
             for p in synthetic_utk.iterdir():
                 zf.write(p, f"UTKFace/{p.name}")
+            zf.write(tmp_path / "Thumbs.db", "UTKFace/Thumbs.db")
+            zf.write(tmp_path / ".hidden.jpg", "UTKFace/.hidden.jpg")
     else:
-        with tarfile.open(archive, "w:gz") as tf:
+        with tarfile.open(archive, "w:gz" if fmt in ("tar.gz", "tgz") else "w") as tf:
             tf.add(synthetic_utk, arcname="UTKFace")
+            tf.add(tmp_path / "Thumbs.db", arcname="UTKFace/Thumbs.db")
+            tf.add(tmp_path / ".hidden.jpg", arcname="UTKFace/.hidden.jpg")
     manifest, report = read_dataset(archive, cache_dir=tmp_path / "cache")
     assert len(manifest.samples) == 60 and not report
     # Keys are relative to the archive's top folder, so splits made on the folder still apply.
@@ -169,6 +175,17 @@ def test_csv_gender_words_in_any_case(tmp_path):
     assert [s.gender for s in manifest.samples] == [0, 1, 0, 1, 1]
     [(path, detail)] = report.by_reason["bad label"]
     assert path.endswith("f5.png") and "'woman?'" in detail and "M/F or male/female" in detail
+
+
+def test_csv_race_by_number_or_name_in_any_case(tmp_path):
+    for i in range(7):
+        face_image(i).save(tmp_path / f"f{i}.png")
+    (tmp_path / "m.csv").write_text("path,age,race\nf0.png,30,White\nf1.png,31,black\nf2.png,32,ASIAN\n"
+                                    "f3.png,33,Indian\nf4.png,34,others\nf5.png,35,2\nf6.png,36,Martian\n")
+    manifest, report = read_dataset(tmp_path / "m.csv")
+    assert [s.race for s in manifest.samples] == [0, 1, 2, 3, 4, 2]
+    [(path, _)] = report.by_reason["bad label"]
+    assert path.endswith("f6.png")
 
 
 def test_npz_images_with_label_arrays_flow_through_the_cache(tmp_path):
