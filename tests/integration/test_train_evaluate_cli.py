@@ -62,6 +62,17 @@ def test_evaluate_json_has_sane_values(trained_run, real_subset):
     assert "MAE" in r.stdout and "CS@5" in r.stdout and "age bins: accuracy" in r.stdout and "F1" in r.stdout
 
 
+def test_split_file_makes_a_second_run_see_the_same_images(trained_run, real_subset, tmp_path):
+    """README: `--split runs/A/split.csv` so that two runs see exactly the same images (even with
+    another split seed, which would otherwise draw another split)."""
+    out, _ = trained_run
+    second = tmp_path / "second"
+    r = faceage("train", "--config", "configs/utk-custom-128.yaml", "--data", real_subset, "--out", second,
+                "--split", out / "split.csv", "train.epochs=1", "data.split_seed=7", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (second / "split.csv").read_text() == (out / "split.csv").read_text()
+
+
 def test_evaluate_on_a_foreign_folder_scores_every_image(trained_run, tmp_path, real_subset):
     out, _ = trained_run
     folder = tmp_path / "other"

@@ -113,6 +113,25 @@ def test_faceres_backbone_exports_and_matches_torch(tmp_path):
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
 
 
+def test_flip_tta_set_in_a_recipe_reaches_the_graph_without_an_export_option(tmp_path):
+    """README: `model.tta=flip` in a recipe puts flip averaging in the exported graph."""
+    from faceage.config import load_config
+    from faceage.models.registry import build_model
+    from faceage.training.resolve import model_spec
+    cfg = load_config("utk-custom-128", ["model.tta=flip", "model.input_size=48", "model.pretrained=null"])
+    torch.manual_seed(0)
+    net = build_model(model_spec(cfg))
+    path = tmp_path / "flip.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                                          "faceage": describe(net.spec, cfg)}, path)
+    export_onnx(path, tmp_path / "flip.onnx")                   # no tta= here: the recipe's own
+    assert json.loads((tmp_path / "flip.json").read_text())["model"]["tta"] == "flip"
+    runner = load_runner(tmp_path / "flip.onnx")
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
+    a, b = runner.predict(x), runner.predict(x[:, :, ::-1].copy())
+    assert np.allclose(a["age"], b["age"], atol=1e-3) and np.allclose(a["gender_prob"], b["gender_prob"], atol=1e-4)
+
+
 def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
     """--tta flip: a face and its mirror image get the same answer, through ONNX and torch."""
     report = export_onnx(checkpoint, tmp_path / "tta.onnx", tta="flip")
