@@ -131,3 +131,11 @@ def test_open_image_at_least_reduces_only_jpegs_and_records_the_size(tmp_path):
         assert img.info.get("faceage_original_size") == ((4000, 3000) if expected != (4000, 3000) else None)
     png = open_image(tmp_path / "a.png", at_least=640)
     assert png.size == (4000, 3000) and "faceage_original_size" not in png.info
+
+
+def test_a_custom_detector_gets_the_photo_itself(chips, decodes):
+    class Nobody:                                     # any object with detect(): no first_look
+        def detect(self, image):
+            return []
+    data = photo_jpeg((4000, 3000), [(2000, 800, 1000)], chips)
+    assert Predictor(detector=Nobody()).analyze(data) == [] and decodes == [(4000, 3000)]

@@ -129,6 +129,20 @@ def test_pixel_limit_applies_by_default_and_says_why(tmp_path, monkeypatch):
         open_image(data)
 
 
+def test_inspect_and_training_decode_a_jpeg_over_the_limit_smaller(tmp_path):
+    """README: `data inspect` and training decode a JPEG over the pixel limit at a reduced scale
+    instead of refusing it (a PNG has no reduced decode: refused, below)."""
+    folder = tmp_path / "utk"
+    folder.mkdir()
+    for i in range(2):
+        write_utk(folder, 30 + i, i % 2, 0, seed=i)
+    big = folder / "40_0_0_20170111000000001.jpg.chip.jpg"
+    Image.new("RGB", (9000, 6000), (120, 110, 100)).save(big, "JPEG", quality=90)      # 54 MP: over 50
+    r = run_cli("data", "inspect", folder)
+    assert r.returncode == 0 and "3 usable images" in r.stdout, r.stdout + r.stderr
+    assert load_image(big, PreprocessSpec(size=64, channels=3)).shape == (64, 64, 3)   # what training reads
+
+
 def test_predict_and_inspect_refuse_a_big_image_from_its_header(tmp_path):
     folder = tmp_path / "utk"
     folder.mkdir()

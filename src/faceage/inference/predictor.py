@@ -70,7 +70,7 @@ class Predictor:
                                           min_face_size=max(32, min_face_size))
         self.detector = None if self.skip_detection else detector
         self.min_face_size, self.max_num_faces = min_face_size, max_num_faces
-        self.coarse_decode = coarse_decode and hasattr(self.detector, "first_look")
+        self.coarse_decode = coarse_decode
         self.options = {"detector": "skip" if self.skip_detection else type(detector).__name__,
                         "det_size": det_size, "det_thresh": det_thresh, "min_face_size": min_face_size,
                         "max_num_faces": max_num_faces}
@@ -155,7 +155,8 @@ class Predictor:
         """(decoded photo, its faces as :meth:`_find_faces` gives them). A large JPEG file or bytes
         is decoded coarsely first (see ``coarse_decode``); the photo returned is then a reduced
         copy, unless ``keep_image`` asks for the photo itself."""
-        if self.coarse_decode and not keep_image and isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+        coarse_first = self.coarse_decode and hasattr(self.detector, "first_look")     # not a custom detector
+        if coarse_first and not keep_image and isinstance(image, (str, Path, bytes, bytearray, memoryview)):
             coarse = to_rgb_image(image, channels=channels, at_least=2 * self.detector.first_side)
             full_size = coarse.info.get("faceage_original_size")
             if full_size is None:                   # not reduced (small, or not a JPEG): it is the photo
