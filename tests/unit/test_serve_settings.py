@@ -82,3 +82,25 @@ def test_pixel_limit_is_checked_from_the_header():
         open_image(buf.getvalue(), max_pixels=599_999)
     assert err.value.reason == "image too large"
     assert err.value.detail == "1000x600 = 600,000 pixels (0.600 MP); the limit is 599,999 (0.599999 MP)"
+
+
+def test_model_description_reads_a_run_directorys_metrics_json(tmp_path):
+    """README: /v1/model gives test metrics from a run's `metrics.json` (written by `faceage evaluate
+    --json`) when the model file carries none, and the version with the file's sha256."""
+    import hashlib
+    import json
+    from types import SimpleNamespace
+
+    from faceage.preprocess import PreprocessSpec
+    from faceage.serve.app import describe_model
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(b"checkpoint bytes")
+    (run / "metrics.json").write_text(json.dumps({"n": 421, "mae": 4.31, "cs5": 0.69, "per_race": {"White": {}}}))
+    runner = SimpleNamespace(path=run / "best.ckpt", meta={}, preprocess=PreprocessSpec(size=160, channels=3),
+                             spec=SimpleNamespace(name="faceres_mobilenet", tasks={"age_dist": 1.0, "gender": 4.0}))
+    predictor = SimpleNamespace(runner=runner, bin_names=["0-10"], options={"detector": "RetinaFaceDetector"}, detector=None)
+    m = describe_model(predictor, ServeSettings(model=str(run / "best.ckpt")))
+    assert m["metrics"] == {"n": 421, "mae": 4.31, "cs5": 0.69}          # the headline keys, not every table
+    assert m["backend"] == "torch" and m["name"] == "best.ckpt"
+    assert m["version"].endswith(f", sha256 {hashlib.sha256(b'checkpoint bytes').hexdigest()[:16]}")
