@@ -47,23 +47,18 @@ def main() -> None:
     for i, s in enumerate(samples):
         mp = SIZES_MP[i % len(SIZES_MP)]
         data = jpeg(photo(mp, 1, open_image(s.path).convert("RGB"), rng, float(rng.uniform(0.08, 0.5))))
-        answers = []
+        answers = {}                                # coarse predictor? -> its faces
         for pred in (coarse, full) if i % 2 == 0 else (full, coarse):
             decoded.clear()
             looks.clear()
             t = time.perf_counter()
-            faces = pred.analyze(data)
-            elapsed = time.perf_counter() - t
+            answers[pred is coarse] = pred.analyze(data)
+            times[mp][0 if pred is coarse else 1].append((time.perf_counter() - t) * 1000)
             if pred is coarse:
-                full_px = open_image(data).size
-                paths[_path_name(decoded, full_px, looks)] += 1
-            times[mp][0 if pred is coarse else 1].append(elapsed * 1000)
-            answers.append((pred is coarse, faces))
-        (_, a_faces), (_, b_faces) = sorted(answers, key=lambda x: not x[0])       # coarse first
-        if a_faces and b_faces:
-            fa = max(a_faces, key=lambda f: (f.box[2] - f.box[0]))
-            fb = max(b_faces, key=lambda f: (f.box[2] - f.box[0]))
-            rows.append((s.age, fa.age, fb.age, fa.gender == fb.gender, len(a_faces) == len(b_faces),
+                paths[_path_name(decoded, open_image(data).size, looks)] += 1
+        if answers[True] and answers[False]:
+            fa, fb = (max(answers[k], key=lambda f: f.box[2] - f.box[0]) for k in (True, False))
+            rows.append((s.age, fa.age, fb.age, fa.gender == fb.gender, len(answers[True]) == len(answers[False]),
                          float(np.abs(np.array(fa.box) - np.array(fb.box)).max() / (fb.box[2] - fb.box[0]))))
     true, age_c, age_f, same_gender, same_count, box_gap = (np.array(c) for c in zip(*rows))
     print(f"{len(samples)} test faces in {'/'.join(map(str, SIZES_MP))} MP JPEGs; found by both: {len(rows)}")

@@ -41,11 +41,11 @@ class Predictor:
     coarse_decode: a JPEG given as a path or bytes whose longer side is about four times the
         detector's first copy or more (2,560 px with the default) is first decoded at 1/2, 1/4 or
         1/8 scale, the coarsest still twice that copy (1,280 px; libjpeg's DCT scaling: far
-        cheaper than every pixel). When
-        the detector's first look there is final, no pixel more is decoded for detection, and
-        each face is cropped from the coarsest decode where it is at least as fine as its crop
-        (that copy itself for big faces); when the detector must look finer, the photo is decoded
-        in full. Boxes are in the photo's own pixels either way. False: always decode in full.
+        cheaper than every pixel). When the detector's first look there is final, no pixel more
+        is decoded for detection, and each face is cropped from the coarsest decode where it is
+        at least as fine as its crop (that copy itself for big faces); when the detector must
+        look finer, the photo is decoded in full. Boxes are in the photo's own pixels either
+        way. False: always decode in full.
     """
 
     def __init__(self, model=None, detector=None, *, det_size: int | None = None, det_thresh: float = 0.8,
