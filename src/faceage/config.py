@@ -50,6 +50,9 @@ class ModelConfig:
     age_bins: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BIN_EDGES))
     num_classes: int | None = None         # for the "label" task (class-per-subfolder data)
     dist_sigma: float = 2.0                # label-distribution width (years) for age_dist
+    # Softened one-hot targets for the classification tasks (gender, race, label, age_bins): the
+    # target class gets 1 - s + s/K, the others s/K. A remedy for overconfidence and wrong labels.
+    label_smoothing: float = 0.0
     tta: str | None = None                 # inference: "none" | "flip" (average with the mirror image)
 
 
@@ -333,6 +336,7 @@ RANGES = [
     ("model.l2", lambda v: v is None or v >= 0, "a non-negative number (or unset)"),
     ("model.num_classes", lambda v: v is None or v >= 2, "at least 2 (or unset: counted from the data)"),
     ("model.dist_sigma", _positive, "a positive number of years (e.g. 2)"),
+    ("model.label_smoothing", _rate, "a share in [0, 1), e.g. 0.1 (0: off)"),
     ("data.limit", lambda v: v is None or v >= 1, "at least 1 image (or unset: every image)"),
     ("data.batch_size", _at_least(1), "at least 1"),
     ("data.num_workers", _non_negative, "0 (load in the training process) or more worker processes"),

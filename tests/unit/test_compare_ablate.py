@@ -48,6 +48,9 @@ def test_ineffective_overrides():
     assert "no pretrained weights" in check("keras-baseline-28", [], ["model.pretrained=imagenet"])[0]
     assert "reference CNNs" in check(None, ["model.name=resnet18"], ["model.conv_dropout=0.2"])[0]
     assert check(None, ["model.name=resnet18"], ["model.dense_dropout=0.5"]) == []
+    age_only = ["model.name=resnet18", "model.tasks={age_dist: 1}"]
+    assert "gender, race, label and age_bins tasks only" in check(None, age_only, ["model.label_smoothing=0.1"])[0]
+    assert check(None, ["model.name=resnet18", "model.tasks={age_dist: 1, gender: 1}"], ["model.label_smoothing=0.1"]) == []
 
 
 def test_variant_warnings_name_the_variant():

@@ -72,6 +72,27 @@ def test_class_head_for_race_and_labels():
     assert h.decode(out)["race"][0].item() == 3
 
 
+def test_label_smoothing_softens_the_classification_targets_only():
+    s = 0.2
+    gender = GenderHead(4, label_smoothing=s)
+    out = torch.tensor([[2.0], [-1.0]])
+    p = torch.sigmoid(out.squeeze(1))
+    # Targets 1 and 0 become 1 - s/2 = 0.9 and s/2 = 0.1 (two classes, as cross_entropy smooths).
+    expected = -(0.9 * torch.log(p[0]) + 0.1 * torch.log(1 - p[0]) + 0.1 * torch.log(p[1]) + 0.9 * torch.log(1 - p[1])) / 2
+    assert abs(gender.loss(out, _batch(gender=torch.tensor([1, 0]))).item() - expected.item()) < 1e-6
+    assert abs(GenderHead(4).loss(out[:1], _batch(gender=torch.tensor([1]))).item() + torch.log(p[0]).item()) < 1e-6
+    race = ClassHead(4, task="race", n_classes=5, label_smoothing=s)
+    logits = torch.tensor([[5.0, 0, 0, 0, 0]])
+    logp = logits.log_softmax(dim=1)[0]
+    smoothed = -((1 - s + s / 5) * logp[0] + (s / 5) * logp[1:].sum())     # 1 - s + s/K on the class, s/K elsewhere
+    assert abs(race.loss(logits, _batch(race=torch.tensor([0]))).item() - smoothed.item()) < 1e-5
+    bins = AgeBinsHead(4, edges=DEFAULT_AGE_BIN_EDGES, label_smoothing=s)
+    assert bins.label_smoothing == s
+    # The age heads have no classes to smooth: they keep 0, so the option is reported as doing nothing there.
+    assert AgeDistributionHead(4, label_smoothing=s).label_smoothing == 0.0
+    assert AgeRegressionHead(4, label_smoothing=s).label_smoothing == 0.0
+
+
 def test_teacher_targets_mix_into_age_and_gender_losses():
     """Distillation: the target is (1 - w) * label + w * teacher; w = 0 is the plain loss."""
     h = AgeDistributionHead(4, sigma=2.0)

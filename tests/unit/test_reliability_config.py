@@ -20,6 +20,8 @@ from faceage.errors import CheckpointError, ConfigError
     (["optim.lr=nan"], "optim.lr"),
     (["optim.lr=.inf"], "optim.lr"),
     (["model.dist_sigma=0"], "model.dist_sigma"),
+    (["model.label_smoothing=1"], "model.label_smoothing"),
+    (["model.label_smoothing=-0.1"], "model.label_smoothing"),
     (["model.input_size=0"], "model.input_size"),
     (["model.input_size=-1"], "model.input_size"),
     (["model.input_size=1"], "model.input_size"),

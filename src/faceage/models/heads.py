@@ -47,10 +47,14 @@ def dense_stack(in_features: int, hidden: list[int], *, dropout: float, dropout_
 
 class TaskHead(nn.Module):
     task = ""
+    classifies = False      # a softmax/sigmoid classifier: its loss reads model.label_smoothing
 
     def __init__(self, in_features: int, out_features: int, *, hidden=(), dropout=0.0, dropout_after="each",
-                 batch_norm="none", activation="relu", bias=True, l2=0.0):
+                 batch_norm="none", activation="relu", bias=True, l2=0.0, label_smoothing=0.0):
         super().__init__()
+        # Kept only where the loss reads it, so an ineffective override is reported as one
+        # (training/resolve.py compares the modules' attributes).
+        self.label_smoothing = label_smoothing if self.classifies else 0.0
         self.hidden, linears = dense_stack(in_features, list(hidden), dropout=dropout, dropout_after=dropout_after,
                                            batch_norm=batch_norm, activation=activation, bias=bias)
         self.out = nn.Linear(hidden[-1] if hidden else in_features, out_features)
@@ -102,6 +106,7 @@ class AgeRegressionHead(TaskHead):
 class AgeBinsHead(TaskHead):
     """Age as classes over bins; cross-entropy. Its age estimate is the expected bin centre."""
     task = "age_bins"
+    classifies = True
 
     def __init__(self, in_features: int, *, edges, **kw):
         super().__init__(in_features, len(edges), **kw)
@@ -111,7 +116,7 @@ class AgeBinsHead(TaskHead):
         valid = batch["age_bin"] >= 0
         if not valid.any():
             return _zero(out)
-        return F.cross_entropy(out[valid], batch["age_bin"][valid])
+        return F.cross_entropy(out[valid], batch["age_bin"][valid], label_smoothing=self.label_smoothing)
 
     def decode(self, out):
         p = out.softmax(dim=1)
@@ -189,6 +194,7 @@ class GenderHead(TaskHead):
     and right far less often. The answer (which side of 0.5) never changes, only how sure it says it is.
     """
     task = "gender"
+    classifies = True
 
     def __init__(self, in_features: int, **kw):
         super().__init__(in_features, 1, **kw)
@@ -211,6 +217,8 @@ class GenderHead(TaskHead):
         if not valid.any():
             return _zero(out)
         target = batch["gender"][valid].float()
+        if self.label_smoothing > 0:      # two classes: 1 -> 1 - s/2, 0 -> s/2 (as cross_entropy's smoothing)
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
         if teacher_weight > 0 and "teacher_gender_prob" in batch:
             teacher = batch["teacher_gender_prob"][valid]
             target = torch.where(torch.isnan(teacher), target, (1 - teacher_weight) * target + teacher_weight * teacher)
@@ -229,6 +237,7 @@ class GenderHead(TaskHead):
 
 class ClassHead(TaskHead):
     """Plain softmax classification for ``race`` (5 classes) or a folder ``label``."""
+    classifies = True
 
     def __init__(self, in_features: int, *, task: str, n_classes: int, **kw):
         super().__init__(in_features, n_classes, **kw)
@@ -239,7 +248,7 @@ class ClassHead(TaskHead):
         valid = target >= 0
         if not valid.any():
             return _zero(out)
-        return F.cross_entropy(out[valid], target[valid])
+        return F.cross_entropy(out[valid], target[valid], label_smoothing=self.label_smoothing)
 
     def decode(self, out):
         p = out.softmax(dim=1)

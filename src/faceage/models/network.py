@@ -18,7 +18,8 @@ class FaceNet(nn.Module):
             task: build_head(task, feature_dim, age_bins=spec.age_bins, num_classes=spec.num_classes,
                              dist_sigma=spec.dist_sigma, hidden=spec.head_hidden, dropout=spec.dense_dropout,
                              dropout_after=spec.dropout_after, batch_norm=spec.head_batch_norm,
-                             activation=spec.activation, bias=spec.head_bias, l2=spec.l2)
+                             activation=spec.activation, bias=spec.head_bias, l2=spec.l2,
+                             label_smoothing=spec.label_smoothing)
             for task in spec.tasks
         })
         self.register_buffer("bin_edges", torch.tensor(spec.age_bins, dtype=torch.float32), persistent=False)

@@ -33,6 +33,7 @@ class ModelSpec:
     age_bins: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BIN_EDGES))
     num_classes: int | None = None
     dist_sigma: float = 2.0
+    label_smoothing: float = 0.0      # training only: softened targets of gender, race, label, age_bins
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     crop: str = "center_square"

@@ -128,6 +128,8 @@ def _model_hint(key: str, spec, spec_without) -> str:
         return "nothing is frozen (model.freeze is none)"
     if field == "dist_sigma":
         return "model.dist_sigma is read by the age_dist task only"
+    if field == "label_smoothing":
+        return "model.label_smoothing is read by the gender, race, label and age_bins tasks only"
     if field == "num_classes":
         return "model.num_classes is read by the label task only"
     return f"{spec.name} is built exactly as without it"
