@@ -212,6 +212,46 @@ def test_archive_bombs_are_refused_before_unpacking(tmp_path, monkeypatch):
         read_dataset(many, cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_an_archive_that_does_not_fit_on_the_cache_disk_is_refused(tmp_path, monkeypatch, synthetic_utk, suffix):
+    """README: archives are unpacked only if they "fit on the cache's disk; otherwise one message names
+    the limit". The disk is made to look nearly full; the archive must be refused before anything is
+    written, with the sizes and what to do, and nothing (not even a half-unpacked folder) left behind."""
+    import shutil
+    import tarfile
+    from collections import namedtuple
+    archive = tmp_path / f"UTKFace{suffix}"
+    files = sorted(synthetic_utk.iterdir())[:6]
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for p in files:
+                zf.write(p, f"UTKFace/{p.name}")
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for p in files:
+                tf.add(p, f"UTKFace/{p.name}")
+    cache = tmp_path / "cache"
+    real_usage, asked = shutil.disk_usage, []
+    usage = namedtuple("usage", "total used free")
+
+    def nearly_full(path):
+        asked.append(Path(path))
+        if cache in Path(path).parents or Path(path) == cache:
+            return usage(10**12, 10**12 - 1000, 1000)        # 1 kB free on the cache's disk
+        return real_usage(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    with pytest.raises(DataError, match=r"would unpack to [\d.]+ MB in .*, which has 0\.0 MB free; "
+                                        r"free some space or set FACEAGE_CACHE to a larger disk") as err:
+        read_dataset(archive, cache_dir=cache)
+    assert str(archive) in str(err.value) and "\n" not in str(err.value)     # one message, naming the archive
+    assert any(cache in p.parents for p in asked), "the free space of the cache's disk was never asked"
+    assert not [p for p in (cache / "archives").iterdir()], "a refused archive left files in the cache"
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)               # with room, the same archive unpacks
+    manifest, _ = read_dataset(archive, cache_dir=cache)
+    assert len(manifest.samples) == 6
+
+
 # ---- archives, CSVs and duplicates as people make them ----
 def test_macos_zip_with_a_readme_is_still_utkface(tmp_path, synthetic_utk):
     archive = tmp_path / "UTKFace.zip"
