@@ -73,6 +73,24 @@ def test_split_file_makes_a_second_run_see_the_same_images(trained_run, real_sub
     assert (second / "split.csv").read_text() == (out / "split.csv").read_text()
 
 
+def test_split_given_a_run_directory_reuses_that_runs_split(trained_run, real_subset, tmp_path):
+    """`faceage train --split` takes "a split.csv (or a run directory's)": given the run directory
+    itself, the new run sees exactly the images of that run's split.csv (here with another split
+    seed, which alone would draw another split); a folder with no split.csv is one clear error."""
+    out, _ = trained_run
+    second = tmp_path / "from_dir"
+    r = faceage("train", "--config", "configs/utk-custom-128.yaml", "--data", real_subset, "--out", second,
+                "--split", out, "train.epochs=1", "data.split_seed=7", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (second / "split.csv").read_text() == (out / "split.csv").read_text()
+    no_split = tmp_path / "not_a_run"
+    no_split.mkdir()
+    r = faceage("train", "--config", "configs/utk-custom-128.yaml", "--data", real_subset, "--out", tmp_path / "x",
+                "--split", no_split, "train.epochs=1", *TINY)
+    assert r.returncode == 2 and "split file not found" in r.stderr and str(no_split) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_evaluate_on_a_foreign_folder_scores_every_image(trained_run, tmp_path, real_subset):
     out, _ = trained_run
     folder = tmp_path / "other"
