@@ -96,6 +96,38 @@ def test_ablate_then_compare_and_resume(tmp_path, synthetic_utk):
     assert r2.returncode == 0 and r2.stderr.count("kept (unchanged)") == 2 and "Epoch 1/2" not in r2.stdout
 
 
+def test_ablate_resumes_an_interrupted_variant_and_warns_about_one_equal_to_the_base(tmp_path, synthetic_utk):
+    """README: rerunning `ablate` says `resuming (unchanged, interrupted)` for a variant that was killed
+    mid-way (and continues it rather than starting over), and before training it warns about a variant
+    equal to the base recipe (here one whose only override is where the decode cache goes)."""
+    import json
+    import os
+    out = tmp_path / "abl"
+    cmd = [sys.executable, "-m", "faceage", "ablate", "--config", "configs/keras-baseline-28.yaml",
+           "--variant", "base:", "--variant", f"cached:data.cache_dir={tmp_path / 'other-cache'}",
+           "--epochs", "2", "--data", str(synthetic_utk), "--out", str(out),
+           "train.progress_bar=false", "data.batch_size=16"]
+    env = {k: v for k, v in os.environ.items() if k != "FACEAGE_TEST_KILL_AT"}
+    killed = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FACEAGE_TEST_KILL_AT": "epoch_end:1"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr            # SIGKILL right after epoch 1 of 'base'
+    assert ("warning: variant 'cached' is the base recipe itself: its overrides "
+            f"(data.cache_dir={tmp_path / 'other-cache'}) change nothing") in killed.stderr
+    assert "warning: variant 'base'" not in killed.stderr
+    assert (out / "base/last.ckpt").is_file() and not (out / "base/run.json").exists()
+    assert [row["epoch"] for row in json.loads((out / "base/history.json").read_text())] == [1]
+    assert not (out / "cached").exists()
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[base] resuming (unchanged, interrupted)" in r.stderr and "[base] training" not in r.stderr
+    assert "[cached] training" in r.stderr
+    assert r.stdout.count("Epoch 1/2 - ") == 1 and r.stdout.count("Epoch 2/2 - ") == 2   # base went on at epoch 2
+    assert [row["epoch"] for row in json.loads((out / "base/history.json").read_text())] == [1, 2]
+    assert json.loads((out / "base/run.json").read_text())["epochs_run"] == 2
+    assert (out / "base/metrics.json").is_file() and (out / "compare.csv").is_file()
+    assert not (out / ".previous").exists()                                   # nothing was set aside
+
+
 def test_compare_rejects_non_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "faceage", "compare", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "not a faceage run directory" in r.stderr
