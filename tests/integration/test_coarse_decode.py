@@ -139,3 +139,36 @@ def test_a_custom_detector_gets_the_photo_itself(chips, decodes):
             return []
     data = photo_jpeg((4000, 3000), [(2000, 800, 1000)], chips)
     assert Predictor(detector=Nobody()).analyze(data) == [] and decodes == [(4000, 3000)]
+
+
+def test_serve_reads_a_large_upload_coarsely_and_answers_in_its_own_pixels(chips, predictors, decodes):
+    from fastapi.testclient import TestClient
+
+    from faceage.serve.app import create_app
+    from faceage.serve.settings import ServeSettings
+    data = photo_jpeg((4000, 3000), [(300, 900, 900), (2000, 800, 1000)], chips)
+    with TestClient(create_app(ServeSettings(), predictors[0])) as c:
+        decodes.clear()                                  # the server's warm-up decodes a blank image
+        r = c.post("/v1/analyze", files=[("files", ("big.jpg", data, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    assert decodes == [(2000, 1500)]                     # the coarse first look was final
+    body = r.json()
+    image = body["images"][0]
+    assert (image["width"], image["height"]) == (4000, 3000)
+    assert body["timing_ms"]["decode"] > 0 and body["timing_ms"]["faces"] > 0
+    full = predictors[1].analyze(data)
+    assert len(image["faces"]) == len(full) == 2
+    for answer, expected in zip(image["faces"], full):
+        assert np.abs(np.array(answer["box"]) - np.array(expected.box)).max() <= 0.02 * 500
+        assert abs(answer["age"] - expected.age) <= 1.0 and answer["gender"] == expected.gender
+
+
+@pytest.mark.parametrize("coarse", [True, False])
+def test_a_photo_reduced_to_fit_a_pixel_limit_is_answered_in_its_own_pixels(chips, predictors, decodes, coarse):
+    data = photo_jpeg((4000, 3000), [(2000, 800, 1000)], chips)
+    timing = {}
+    size, faces = predictors[0 if coarse else 1].analyze_photo(data, max_pixels=3_000_000, reduce_to_fit=True,
+                                                               timing=timing)
+    assert decodes == [(2000, 1500)]                     # 1/2 scale fits 3 MP; every pixel (12 MP) does not
+    assert size == (4000, 3000) and timing["decode"] > 0 and timing["faces"] > 0
+    assert_same_answers(faces, predictors[1].analyze(data), face_px=550)

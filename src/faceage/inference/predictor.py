@@ -7,6 +7,7 @@ torch through the same graph.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -87,6 +88,25 @@ class Predictor:
         _, faces = self._decode_and_find(image, channels, keep_image=False)
         return self._predict([faces], return_crops)[0]
 
+    def analyze_photo(self, image, *, max_pixels: int | None = None, reduce_to_fit: bool = False,
+                      timing: dict | None = None) -> tuple[tuple[int, int], list[Face]]:
+        """:meth:`analyze` for a service: ``(width, height)`` of the photo (after EXIF rotation)
+        and its faces, boxes and landmarks in the photo's own pixels however it was decoded.
+        ``max_pixels`` and ``reduce_to_fit`` are :func:`faceage.preprocess.open_image`'s: a JPEG
+        over the limit is decoded at a reduced scale instead of being refused. ``timing``, a dict,
+        gains the milliseconds spent decoding (``"decode"``) and finding and reading the faces
+        (``"faces"``)."""
+        timing = {} if timing is None else timing
+        t0, decoded_before = time.perf_counter(), timing.get("decode", 0.0)
+        decode = {"max_pixels": max_pixels, "reduce_to_fit": reduce_to_fit, "timing": timing}
+        rgb, faces = self._decode_and_find(image, "rgb", keep_image=False, decode=decode)
+        size = rgb.info.get("faceage_original_size", rgb.size)
+        rgb.close()
+        found = self._predict([faces])[0]
+        spent = (time.perf_counter() - t0) * 1000 - (timing.get("decode", 0.0) - decoded_before)
+        timing["faces"] = timing.get("faces", 0.0) + spent
+        return tuple(size), found
+
     # ---- many photos -----------------------------------------------------------------------
     def iter_analyze(self, images: Iterable, *, channels: str = "rgb", return_crops: bool = False,
                      return_images: bool = False, progress: bool = False,
@@ -151,32 +171,50 @@ class Predictor:
         return results
 
     # ---- the pipeline ----------------------------------------------------------------------
-    def _decode_and_find(self, image, channels: str, keep_image: bool):
+    def _decode_and_find(self, image, channels: str, keep_image: bool, decode: dict | None = None):
         """(decoded photo, its faces as :meth:`_find_faces` gives them). A large JPEG file or bytes
         is decoded coarsely first (see ``coarse_decode``); the photo returned is then a reduced
-        copy, unless ``keep_image`` asks for the photo itself."""
+        copy, unless ``keep_image`` asks for the photo itself. ``decode``: :meth:`_decode`'s options."""
+        decode = decode or {}
         coarse_first = self.coarse_decode and hasattr(self.detector, "first_look")     # not a custom detector
         if coarse_first and not keep_image and isinstance(image, (str, Path, bytes, bytearray, memoryview)):
-            coarse = to_rgb_image(image, channels=channels, at_least=2 * self.detector.first_side)
+            coarse = self._decode(image, channels, at_least=2 * self.detector.first_side, **decode)
             full_size = coarse.info.get("faceage_original_size")
             if full_size is None:                   # not reduced (small, or not a JPEG): it is the photo
                 return coarse, self._find_faces(coarse)
             found = self.detector.first_look(coarse, full_size)
             if found is not None:
-                return self._crop_found(image, channels, coarse, full_size, found)
-            coarse.close()                          # the detector must look finer: every pixel
-        rgb = to_rgb_image(image, channels=channels)
+                return self._crop_found(image, channels, coarse, full_size, found, decode)
+            coarse.close()                          # the detector must look finer: every pixel allowed
+        rgb = self._decode(image, channels, **decode)
         return rgb, self._find_faces(rgb)
 
-    def _find_faces(self, rgb: Image.Image) -> list[tuple[Detection | None, np.ndarray]]:
-        """(detection, aligned crop) per face: filtered by size, the largest N, in reading order."""
-        if self.skip_detection:        # the photo is the crop: framed exactly as in training
-            box = np.array([0, 0, rgb.width, rgb.height], dtype=np.float64)
-            return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
-        return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size)))
-                for d in self._select(self.detector.detect(rgb))]
+    @staticmethod
+    def _decode(image, channels: str, *, max_pixels: int | None = None, reduce_to_fit: bool = False,
+                at_least: int | None = None, timing: dict | None = None) -> Image.Image:
+        """:func:`to_rgb_image`, adding its milliseconds to ``timing["decode"]`` when asked."""
+        t0 = time.perf_counter()
+        try:
+            return to_rgb_image(image, max_pixels, channels, reduce_to_fit=reduce_to_fit, at_least=at_least)
+        finally:
+            if timing is not None:
+                timing["decode"] = timing.get("decode", 0.0) + (time.perf_counter() - t0) * 1000
 
-    def _crop_found(self, image, channels: str, coarse: Image.Image, full_size, found: list[Detection]):
+    def _find_faces(self, rgb: Image.Image) -> list[tuple[Detection | None, np.ndarray]]:
+        """(detection, aligned crop) per face: filtered by size, the largest N, in reading order.
+        Detections are in the photo's own pixels where ``rgb`` is a copy reduced to fit a pixel limit."""
+        photo_size = rgb.info.get("faceage_original_size", rgb.size)
+        if self.skip_detection:        # the photo is the crop: framed exactly as in training
+            box = np.array([0, 0, *photo_size], dtype=np.float64)
+            return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
+        found = self.detector.detect(rgb)
+        if tuple(photo_size) == rgb.size:
+            return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size))) for d in self._select(found)]
+        to_photo = np.array(photo_size, dtype=np.float64) / rgb.size
+        in_photo = self._select([Detection(d.box * np.tile(to_photo, 2), d.landmarks * to_photo, d.score) for d in found])
+        return [(d, self._as_input(align_face(rgb, d.landmarks / to_photo, self.pre.size))) for d in in_photo]
+
+    def _crop_found(self, image, channels: str, coarse: Image.Image, full_size, found: list[Detection], decode: dict):
         """:meth:`_find_faces`'s answer from the faces that the first look on ``coarse`` (a reduced
         decode of the photo of ``full_size`` px) found: detections in the photo's pixels, each face
         cropped from the coarsest decode where it is at least as fine as its crop (the coarse copy
@@ -187,7 +225,7 @@ class Predictor:
         source = coarse
         if finest < to_full.max():                  # a face is coarser in this copy than in its crop
             coarse.close()
-            source = to_rgb_image(image, channels=channels, at_least=math.ceil(max(full_size) / max(finest, 1.0)))
+            source = self._decode(image, channels, at_least=math.ceil(max(full_size) / max(finest, 1.0)), **decode)
         to_source = np.array(source.size, dtype=np.float64) / full_size
         return source, [(d, self._as_input(align_face(source, d.landmarks * to_source, self.pre.size))) for d in chosen]
 

@@ -6,8 +6,9 @@ worker is awaited for at most the queue timeout (else 503); in that worker every
 is checked first (format, pixels per image and per request) without decoding anything, then the
 images are decoded one at a time, each going through detection and the model before the next
 is decoded, so a worker holds one decoded image at a time. A JPEG over the pixel limit is
-decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when that fits, with boxes and sizes
-reported in the photo's own pixels. Nothing is written to disk and no URL is fetched.
+decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when that fits, and a large one is
+looked at coarsely first, as ``faceage predict`` does (``Predictor(coarse_decode=True)``); boxes
+and sizes are reported in the photo's own pixels. Nothing is written to disk and no URL is fetched.
 """
 from __future__ import annotations
 
@@ -212,49 +213,38 @@ def create_app(settings: ServeSettings | None = None, predictor=None) -> FastAPI
             return [], [], {}, (f"the images of this request hold {total:,} pixels ({total / 1e6:.1f} MP) together; "
                                 f"the limit is {settings.max_request_pixels:,} ({settings.max_request_megapixels:g} MP) "
                                 f"per request: send them in several requests")
-        decode_ms = faces_ms = 0.0
+        timing = {"decode": 0.0, "faces": 0.0}
         results = []
         try:
             for up, size in zip(uploads, sizes):
+                # The budget holds the size decoded in full; a large JPEG is often read coarser
+                # (the predictor's coarse first look), never finer.
                 with pixels.hold(size):
-                    t = time.perf_counter()
-                    try:
-                        im = to_rgb_image(up.data, max_pixels=settings.max_pixels, reduce_to_fit=True)
-                    except ImageDecodeError as exc:
-                        failures.append(failure(up, exc))
-                        continue
-                    finally:
-                        up.data = bytearray()           # its bytes are no longer needed
-                        decode_ms += (time.perf_counter() - t) * 1000
                     try:
                         if failures:                    # the request fails: only check the rest decode
+                            t = time.perf_counter()
+                            to_rgb_image(up.data, max_pixels=settings.max_pixels, reduce_to_fit=True).close()
+                            timing["decode"] += (time.perf_counter() - t) * 1000
                             continue
-                        t = time.perf_counter()
-                        results.append(describe(up.filename, im, predictor.analyze(im)))
-                        faces_ms += (time.perf_counter() - t) * 1000
+                        (width, height), found = predictor.analyze_photo(
+                            up.data, max_pixels=settings.max_pixels, reduce_to_fit=True, timing=timing)
+                        results.append(describe(up.filename, width, height, found))
+                    except ImageDecodeError as exc:
+                        failures.append(failure(up, exc))
                     finally:
-                        im.close()                      # its pixels are freed now, not at the next GC
+                        up.data = bytearray()           # its bytes are no longer needed
                         if size >= TRIM_AFTER_PIXELS:   # before the budget lets another worker decode
                             give_memory_back()
         finally:
             if total >= TRIM_AFTER_PIXELS:
                 give_memory_back()
         if failures:
-            return [], failures, {"decode": decode_ms}, None
-        return results, [], {"decode": decode_ms, "faces": faces_ms}, None
+            return [], failures, {"decode": timing["decode"]}, None
+        return results, [], timing, None
 
-    def describe(filename: str, im, found) -> dict:
-        """One image's answer, in the photo's own pixels (a JPEG reduced while decoding is scaled back)."""
-        width, height = im.info.get("faceage_original_size", im.size)
-        sx, sy = width / im.width, height / im.height
-        faces = []
-        for f in found:                                # numbered 1, 2, ... in reading order
-            d = f.to_dict()
-            if (sx, sy) != (1.0, 1.0):
-                d["box"] = [round(v * (sx if i % 2 == 0 else sy), 1) for i, v in enumerate(d["box"])]
-                if d.get("landmarks") is not None:
-                    d["landmarks"] = [[round(x * sx, 1), round(y * sy, 1)] for x, y in d["landmarks"]]
-            faces.append(d)
+    def describe(filename: str, width: int, height: int, found) -> dict:
+        """One image's answer (boxes in the photo's own pixels, however it was decoded)."""
+        faces = [f.to_dict() for f in found]            # numbered 1, 2, ... in reading order
         return {"filename": filename, "width": width, "height": height, "faces": faces,
                 "note": None if faces else "no face found"}
 
