@@ -60,6 +60,53 @@ def test_jsonl_one_line_per_photo_and_per_video_frame(album):
     assert all(len(by["clip.mp4", t]["faces"]) == 2 for t in (0.0, 1.0, 2.0))
 
 
+def test_jsonl_streams_each_photo_as_it_finishes_with_the_documented_fields(tmp_path):
+    """README: `predict holiday/ --jsonl` gives "one JSON line per photo, as each finishes", and for
+    every face its number, box, 5 landmarks, detection score, age with a 90% interval, age bin,
+    gender with its probability, both probabilities and a low_quality flag. Lines are read as they
+    come. The photos go through the model 16 at a time (`--batch` 32 // 2), so the 16 photos with a
+    face must all be out while the 17th, a big photo without a face (the detector's slow, fine
+    search), is still being worked on, not at exit."""
+    import subprocess
+    import sys
+    import time
+    chips = sorted(real_data_dir().glob("*.chip.jpg"))[::1000][:16]
+    photos = []
+    for i, p in enumerate(chips):
+        photo = Image.new("RGB", (1000, 800), (100 + i, 110, 120))
+        photo.paste(Image.open(p).convert("RGB"), (300 + 20 * i, 250))
+        photos.append(tmp_path / f"photo{i:02d}.jpg")
+        photo.save(photos[-1], quality=92)
+    slow = tmp_path / "wall.png"
+    Image.new("RGB", (6000, 4000), (180, 170, 160)).save(slow)
+    proc = subprocess.Popen([sys.executable, "-m", "faceage", "predict", *photos, slow, "--jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arrivals = []
+    try:
+        for line in proc.stdout:
+            arrivals.append((time.monotonic(), line))
+        end = time.monotonic()
+        err = proc.stderr.read()
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == 0, err
+    assert len(arrivals) == len(photos) + 1, [line for _, line in arrivals]       # one line per photo, no other
+    rows = [json.loads(line) for _, line in arrivals]                              # each line is JSON on its own
+    assert [row["path"] for row in rows] == [str(p) for p in photos + [slow]]
+    assert rows[-1]["faces"] == [] and rows[-1]["note"] == "no face found" and rows[-1]["error"] is None
+    lag = end - arrivals[len(photos) - 1][0]
+    assert lag > 1.0, f"the first photos' lines came {lag:.2f} s before the end: they were not streamed"
+    for row in rows[:-1]:
+        assert set(row) >= {"path", "faces", "error", "note"} and row["error"] is None and row["note"] is None
+        assert len(row["faces"]) == 1, row
+        f = row["faces"][0]
+        assert f["number"] == 1 and len(f["box"]) == 4 and np.array(f["landmarks"]).shape == (5, 2)
+        assert 0 < f["score"] <= 1 and f["age_low"] <= f["age"] <= f["age_high"] and f["age_bin"]
+        assert f["gender"] in ("female", "male") and set(f["gender_probs"]) == {"female", "male"}
+        assert f["gender_prob"] == pytest.approx(f["gender_probs"][f["gender"]]) and f["gender_prob"] >= 0.5
+        assert sum(f["gender_probs"].values()) == pytest.approx(1) and f["low_quality"] is False
+
+
 def test_one_face_numbering_in_table_csv_and_json(album):
     pic = album / "a" / "pic.jpg"
     text = faceage("predict", pic).stdout
