@@ -1,7 +1,8 @@
 """Whole-photo speed, by photo size, face size and face count: from a decoded photo, and end to
 end from the JPEG file's bytes (decode + detect + align + predict, what `faceage predict` does
 with a file: a large JPEG is decoded coarsely first, see ``Predictor(coarse_decode=...)``), and the
-same with every pixel decoded (``coarse_decode=False``; what `faceage serve` does with an upload).
+same with every pixel decoded (``coarse_decode=False``; what `faceage serve` did with an upload
+before the sixteenth session, see ``bench/serve_large_photos.py``).
 
 Photos are synthetic but the faces are real: a UTKFace test chip pasted into a canvas of the
 given size, at a sixth of the photo's shorter side or, for a portrait, at half of it (a face

@@ -112,3 +112,32 @@ def test_ablate_keeps_unchanged_and_retrains_changed_variants(real_subset, env, 
     assert yaml.safe_load((abl / "l2/config.yaml").read_text())["model"]["l2"] == 0.001
     assert yaml.safe_load((abl / ".previous/l2/config.yaml").read_text())["model"]["l2"] == 0.01
     assert [row["run"] for row in csv.DictReader((abl / "compare.csv").open())] == ["base", "drop", "l2"]
+
+
+def test_resume_finds_the_runs_own_decode_cache(real_subset, tmp_path):
+    """A run trained with `data.cache_dir=DIR` (a path given on the command line, relative to the
+    current directory as README says) is resumed from another directory: `--resume` reads the
+    run's saved config, finds that cache and decodes nothing again, and writes no cache anywhere
+    else (neither under the new directory nor in FACEAGE_CACHE)."""
+    env = {k: v for k, v in os.environ.items() if k != "FACEAGE_TEST_KILL_AT"}
+    env["FACEAGE_CACHE"] = str(tmp_path / "default-cache")
+    first_cwd, other_cwd = tmp_path / "a", tmp_path / "b"
+    first_cwd.mkdir()
+    other_cwd.mkdir()
+    killed = faceage("train", "--config", "keras-baseline-28", "--data", real_subset, "--out", "run", "--epochs", "2",
+                     "data.cache_dir=mycache", "train.progress_bar=false", *TINY,
+                     env={**env, "FACEAGE_TEST_KILL_AT": "epoch_end:1"}, cwd=first_cwd)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert "decoding images into cache: 120/120" in killed.stderr
+    cache = first_cwd / "mycache"
+    chunks = sorted(p.name for p in cache.rglob("*.u8"))
+    assert chunks, "the run's decode cache is empty"
+    run = first_cwd / "run"
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
+
+    r = faceage("train", "--resume", run, "--data", real_subset, env=env, cwd=other_cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "decoding images" not in r.stderr, "the resumed run decoded its images again: " + r.stderr
+    assert sorted(p.name for p in cache.rglob("*.u8")) == chunks
+    assert not (other_cwd / "mycache").exists() and not (tmp_path / "default-cache").exists()
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1, 2]

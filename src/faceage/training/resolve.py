@@ -35,7 +35,8 @@ def _abs_if_local(value):
 
 def resolved_config(cfg: Config, spec=None) -> Config:
     """A copy of ``cfg`` holding every value used: the model's own defaults in place of unset
-    ``model.*`` keys (``pretrained: none`` for "no weights"), local paths absolute."""
+    ``model.*`` keys (``pretrained: none`` for "no weights"), local paths absolute (the decode
+    cache's folder too)."""
     out = copy.deepcopy(cfg)
     spec = spec if spec is not None else model_spec(cfg)
     for f in fields(ModelConfig):
@@ -47,6 +48,8 @@ def resolved_config(cfg: Config, spec=None) -> Config:
         setattr(out.model, f.name, list(v) if isinstance(v, tuple) else v)
     out.data.path = _abs_if_local(out.data.path)
     out.data.split_file = _abs_if_local(out.data.split_file)
+    if out.data.cache_dir:       # always a local folder (maybe not made yet): a resume from elsewhere finds it
+        out.data.cache_dir = os.path.abspath(os.path.expanduser(out.data.cache_dir))
     return out
 
 
