@@ -211,8 +211,8 @@ class Predictor:
         if tuple(photo_size) == rgb.size:
             return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size))) for d in self._select(found)]
         to_photo = np.array(photo_size, dtype=np.float64) / rgb.size
-        in_photo = self._select([Detection(d.box * np.tile(to_photo, 2), d.landmarks * to_photo, d.score) for d in found])
-        return [(d, self._as_input(align_face(rgb, d.landmarks / to_photo, self.pre.size))) for d in in_photo]
+        return [(d, self._as_input(align_face(rgb, d.landmarks / to_photo, self.pre.size)))
+                for d in self._select(_scaled(found, to_photo))]
 
     def _crop_found(self, image, channels: str, coarse: Image.Image, full_size, found: list[Detection], decode: dict):
         """:meth:`_find_faces`'s answer from the faces that the first look on ``coarse`` (a reduced
@@ -220,7 +220,7 @@ class Predictor:
         cropped from the coarsest decode where it is at least as fine as its crop (the coarse copy
         itself when every face is big; else the photo decoded again, as finely as needed)."""
         to_full = np.array(full_size, dtype=np.float64) / coarse.size
-        chosen = self._select([Detection(d.box * np.tile(to_full, 2), d.landmarks * to_full, d.score) for d in found])
+        chosen = self._select(_scaled(found, to_full))
         finest = min((photo_px_per_crop_px(d.landmarks, self.pre.size) for d in chosen), default=math.inf)
         source = coarse
         if finest < to_full.max():                  # a face is coarser in this copy than in its crop
@@ -289,6 +289,11 @@ def describe_error(exc: Exception) -> str:
         helpful = ("image too large", "permission denied", "unsupported array", "unsupported image", "empty image")
         return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in helpful else "")
     return str(exc)
+
+
+def _scaled(detections: list[Detection], factor: np.ndarray) -> list[Detection]:
+    """Detections on a copy, in the pixels of an image ``factor`` (x, y) times its size."""
+    return [Detection(d.box * np.tile(factor, 2), d.landmarks * factor, d.score) for d in detections]
 
 
 def _area(d: Detection) -> float:
