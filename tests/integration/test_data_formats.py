@@ -104,6 +104,24 @@ def test_train_one_epoch(faces, tmp_path, name, overrides):
     assert f"on {n_test} images (test split" in r.stdout and "MAE" in r.stdout
 
 
+def test_evaluate_y_is_says_what_whole_numbers_in_y_are(faces, tmp_path):
+    """README: whole numbers in an .npz's `y` are ambiguous; `faceage evaluate` takes the run's own
+    `data.y_is` (tested above) "or `--y-is`". A model with no run beside it (here the shipped one)
+    cannot know: without the flag it stops and asks; with `--y-is age` the ages are scored."""
+    out, files, age, _ = faces
+    r = faceage("evaluate", "--data", out / "xy.npz")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "ages or class indices?" in r.stderr and "data.y_is=age" in r.stderr
+    r = faceage("evaluate", "--data", out / "xy.npz", "--y-is", "age", "--json", tmp_path / "m.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n"] == len(files) and f"on {len(files)} images" in r.stdout
+    assert sum(v["n"] for v in m["per_age_band"].values()) == len(files)    # every y read as an age
+    assert 0 < m["mae"] < 15                                                  # real faces, read as ages
+    r = faceage("evaluate", "--data", out / "xy.npz", "--y-is", "years")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
 def test_train_with_nothing_usable_lists_reasons_and_writes_the_report(faces, tmp_path):
     out, files, *_ = faces
     pa = pytest.importorskip("pyarrow")
