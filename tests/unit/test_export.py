@@ -130,6 +130,12 @@ def test_flip_tta_set_in_a_recipe_reaches_the_graph_without_an_export_option(tmp
     x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
     a, b = runner.predict(x), runner.predict(x[:, :, ::-1].copy())
     assert np.allclose(a["age"], b["age"], atol=1e-3) and np.allclose(a["gender_prob"], b["gender_prob"], atol=1e-4)
+    # `faceage export --tta none` (the CLI's choice; default: the checkpoint's) overrides the recipe's flip.
+    export_onnx(path, tmp_path / "plain.onnx", tta="none")
+    assert json.loads((tmp_path / "plain.json").read_text())["model"]["tta"] == "none"
+    plain = load_runner(tmp_path / "plain.onnx")
+    p, q = plain.predict(x), plain.predict(x[:, :, ::-1].copy())
+    assert np.abs(p["age"] - q["age"]).max() > 1e-3                   # no averaging: mirror images differ
 
 
 def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
