@@ -123,3 +123,23 @@ def test_wrong_or_missing_weights_are_clear_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="cannot read"):
         create_model("resnet18", pretrained=str(tmp_path / "junk.pth"))
+
+
+@pytest.mark.parametrize("where, order", [("none", ["Linear", "ReLU"]), ("before", ["Linear", "BatchNorm1d", "ReLU"]),
+                                          ("after", ["Linear", "ReLU", "BatchNorm1d"])])
+def test_head_batch_norm_goes_where_it_says_in_every_heads_hidden_layers(where, order):
+    """README key table: `model.head_batch_norm` is `none`, `before` or `after` the activation, as
+    `model.batch_norm` is, for each head's hidden dense layers."""
+    from faceage.config import load_config
+    from faceage.training.resolve import model_spec
+    from faceage.models.registry import build_model
+    cfg = load_config("keras-baseline-28", ["model.head_hidden=[32, 16]", f"model.head_batch_norm={where}",
+                                            "model.tasks={age_dist: 1, gender: 1}"])
+    net = build_model(model_spec(cfg))
+    assert set(net.heads) == {"age_dist", "gender"}
+    for name, head in net.heads.items():
+        layers = [type(m).__name__ for m in head.hidden if type(m).__name__ in ("Linear", "ReLU", "BatchNorm1d")]
+        assert layers == order * 2, (name, layers)                      # one block per hidden layer
+        norms = [m for m in head.hidden if isinstance(m, torch.nn.BatchNorm1d)]
+        assert [m.num_features for m in norms] == ([] if where == "none" else [32, 16])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())   # the trunk's own batch_norm: untouched
