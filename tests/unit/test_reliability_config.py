@@ -54,6 +54,16 @@ def test_invalid_values_are_one_clear_line(overrides, key):
     assert "\n" not in msg
 
 
+def test_the_readme_example_message_is_the_one_given():
+    """README quotes it word for word: one line naming the key and what is allowed."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["optim.lr=-1"])
+    assert str(exc.value) == "config key 'optim.lr' must be a positive number, e.g. 0.001; got -1.0"
+    r = subprocess.run([sys.executable, "-m", "faceage", "train", "optim.lr=-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "config key 'optim.lr' must be a positive number, e.g. 0.001; got -1.0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_every_shipped_recipe_is_valid():
     from pathlib import Path
     for recipe in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
