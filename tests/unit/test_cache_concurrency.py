@@ -153,3 +153,64 @@ def test_a_killed_builder_does_not_block_the_next(faces, tmp_path):
         except ProcessLookupError:
             pass
     check_rows(faces, cache_dir)
+
+
+def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces, tmp_path, capsys):
+    """README: the first process to get the build lock decodes what is missing; every other one
+    waits for it ("waiting for another process that is decoding images") and then reads its rows."""
+    cache_dir = tmp_path / "cache"
+    spec = PreprocessSpec(**SPEC)
+    manifest, _ = read_dataset(faces, cache_dir)
+    waiter = ImageCache(spec, cache_dir)                 # indexed while the cache is still empty
+    assert len(waiter.missing(manifest.samples)) == N
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        import faceage.data.cache as C
+        from faceage.data.manifest import SkipReport
+        from faceage.data.readers import read_dataset
+        from faceage.preprocess import PreprocessSpec
+        manifest, _ = read_dataset({str(faces)!r}, {str(cache_dir)!r})
+        cache = C.ImageCache(PreprocessSpec(**{SPEC!r}), {str(cache_dir)!r})
+        with C.build_lock(cache.dir) as held:
+            assert held is True
+            print('locked', flush=True)
+            time.sleep(1.0)                              # the other process is blocked by now
+            cache._decode(cache.missing(manifest.samples), SkipReport(), set(), None)
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+        decoded = []
+        usable = waiter.build(manifest.samples, SkipReport(), progress=lambda done, total: decoded.append(done))
+        assert holder.wait(timeout=120) == 0, holder.stderr.read()
+    finally:
+        try:
+            os.killpg(holder.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    err = capsys.readouterr().err
+    assert f"waiting for another process that is decoding images into {waiter.dir}" in err
+    assert len(usable) == N and decoded == []           # every row came from the holder's decode
+    counts = check_rows(faces, cache_dir)
+    assert len(counts) == N and set(counts.values()) == {1}
+
+
+def test_a_copied_cache_folder_serves_the_same_images_at_another_path(faces, tmp_path):
+    """README: copying a built cache folder to other nodes works: rows are found by the digest of
+    the image bytes (not by path), so the images at another path decode nothing again."""
+    import shutil
+    spec = PreprocessSpec(**SPEC)
+    manifest, _ = read_dataset(faces, tmp_path / "cache")
+    assert len(ImageCache(spec, tmp_path / "cache").build(manifest.samples, SkipReport())) == N
+    shutil.copytree(tmp_path / "cache", tmp_path / "node2-cache")
+    moved = shutil.copytree(faces, tmp_path / "mnt" / "elsewhere" / "faces")
+    manifest2, _ = read_dataset(moved, tmp_path / "node2-cache")
+    assert {s.path for s in manifest2.samples}.isdisjoint(s.path for s in manifest.samples)
+    cache = ImageCache(spec, tmp_path / "node2-cache")
+    decoded = []
+    assert not cache.missing(manifest2.samples)
+    assert len(cache.build(manifest2.samples, SkipReport(), progress=lambda d, t: decoded.append(d))) == N
+    assert decoded == []
+    rows = cache.gather([s.digest for s in manifest2.samples])
+    for s, row in zip(manifest2.samples[::40], rows[::40]):
+        assert np.array_equal(row, load_image(s.path, spec)), s.path
