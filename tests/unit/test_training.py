@@ -121,7 +121,8 @@ def test_resume_accepts_only_more_epochs(tmp_path, synthetic_utk):
     with pytest.raises(ConfigError, match="only train.epochs=N"):               # the split is the run's own
         train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["data.split_file=x.csv"])
     s = train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, quiet=True,
-              overrides=["train.progress_bar=false", "data.num_workers=0"])      # how, not what: accepted
+              overrides=["train.progress_bar=false", "data.num_workers=0",       # how, not what: accepted
+                         f"data.cache_dir={tmp_path / 'moved-cache'}"])
     assert s["already_finished"]
     with pytest.raises(ConfigError, match="fewer than the 2 epochs"):
         train(None, tmp_path / "run", data=str(synthetic_utk), resume=True, overrides=["train.epochs=1"])
