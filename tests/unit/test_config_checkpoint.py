@@ -144,6 +144,28 @@ def test_shipped_weights_paths_use_faceage_weights(tmp_path, monkeypatch):
             assert v is None or v in ("imagenet", "face", "none") or v.startswith("/"), (name, key, v)
 
 
+def test_faceage_weights_defaults_beside_the_checkout_else_in_the_home_cache(tmp_path, monkeypatch):
+    """README: `FACEAGE_WEIGHTS` defaults to `../shared/weights` beside a faceage source checkout,
+    else `~/.cache/faceage/weights`."""
+    from pathlib import Path
+
+    from faceage import recipebook
+    monkeypatch.delenv("FACEAGE_WEIGHTS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    checkout = Path(recipebook.__file__).resolve().parents[2]
+    if (checkout.parent / "shared" / "weights").is_dir():
+        assert recipebook.weights_dir() == checkout.parent / "shared" / "weights"
+    # An installed package (no pyproject.toml two folders up) reads the home cache, even beside a shared/ folder.
+    site = tmp_path / "env" / "lib" / "site-packages"
+    (tmp_path / "env" / "shared" / "weights").mkdir(parents=True)     # where a checkout's would be
+    monkeypatch.setattr(recipebook, "__file__", str(site / "faceage" / "recipebook.py"))
+    assert recipebook.weights_dir() == tmp_path / "home" / ".cache" / "faceage" / "weights"
+    assert load_config("mobilenetv2-dldl").model.pretrained == str(
+        tmp_path / "home" / ".cache" / "faceage" / "weights" / "mobilenet_v2-b0353104.pth")
+    monkeypatch.setenv("FACEAGE_WEIGHTS", "~/w")                      # the variable wins, ~ expanded
+    assert recipebook.weights_dir() == tmp_path / "home" / "w"
+
+
 # -- config.yaml holds every value used ------------------------------------------------------
 
 def test_resolved_config_fills_the_model_family_defaults(tmp_path):
