@@ -106,7 +106,7 @@ def _y_labels(arrays: dict, x: str, y: str, y_is: str | None, path: Path) -> dic
     if kind is None:
         lo, hi = (v.min().item(), v.max().item()) if v.size else (0, 0)
         raise DataError(f"{path}: '{y}' holds whole numbers {lo:g}-{hi:g}: ages or class indices? Say which with "
-                        "data.y_is=age or data.y_is=label (faceage data inspect --y-is age|label)")
+                        "data.y_is=age or data.y_is=label (train), --y-is age|label (evaluate, data inspect)")
     if kind == "onehot":
         if v.ndim != 2:
             raise DataError(f"{path}: data.y_is=onehot but '{y}' has shape {v.shape}; one-hot rows are (N, K)")
