@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +194,27 @@ def test_the_table_says_no_face_and_a_missing_file_is_one_error_line(album):
     assert [line for line in lines if "wall.png" in line] == [f"{album / 'b' / 'wall.png'}: no face found"]
     assert [line for line in lines if "missing.jpg" in line] == [f"{album / 'b' / 'missing.jpg'}: ERROR file not found"]
     assert "face 2:" in r.stdout
+
+
+def test_make_demo_prints_the_table_and_writes_the_annotated_photo(tmp_path):
+    """README: `make demo` needs no dataset and no network, prints the table and writes
+    runs/demo-photo/astronaut.annotated.png. The Makefile's own recipe, run in an empty folder with
+    this interpreter's environment (``-o``: the installed environment is taken as it is)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    env = {**os.environ, "FACEAGE_DATA": str(tmp_path / "no-dataset")}      # no dataset needed
+    r = subprocess.run([make, "-f", REPO / "Makefile", "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}", "demo"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "runs/demo-photo/astronaut.png  face 1: age" in r.stdout and "box [" in r.stdout
+    original = Image.open(tmp_path / "runs/demo-photo/astronaut.png").convert("RGB")
+    annotated = Image.open(tmp_path / "runs/demo-photo/astronaut.annotated.png").convert("RGB")
+    assert annotated.size == original.size
+    changed = np.any(np.asarray(annotated) != np.asarray(original), axis=2)
+    assert 0 < changed.mean() < 0.2                  # the box and its label drawn, the photo kept
