@@ -188,3 +188,21 @@ def test_gender_temperatures_by_age_are_baked_into_the_graph(checkpoint, tmp_pat
     t = np.where(plain["age"] >= cut, 0.5, 3.0)
     assert np.allclose(got["gender_prob"], 1 / (1 + np.exp(-logit / t)), atol=1e-5)
     assert np.array_equal(got["gender_prob"] >= 0.5, plain["gender_prob"] >= 0.5) and np.allclose(got["age"], plain["age"], atol=1e-4)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_onnxruntime_telemetry_off_unless_the_user_set_the_variable(tmp_path, given, expected):
+    """README: faceage sets ORT_DISABLE_TELEMETRY=1 before importing onnxruntime, unless you set
+    the variable yourself; with it on, nothing is written under HOME."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(tmp_path)
+    if given is not None:
+        env["ORT_DISABLE_TELEMETRY"] = given
+    code = ("import os; from faceage.inference.runners import import_onnxruntime; import_onnxruntime(); "
+            "print(os.environ['ORT_DISABLE_TELEMETRY'])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+    if given is None:
+        assert not (tmp_path / ".cache" / "Microsoft").exists()
