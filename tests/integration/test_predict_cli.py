@@ -63,7 +63,7 @@ def test_jsonl_one_line_per_photo_and_per_video_frame(album):
 
 
 def test_jsonl_streams_each_photo_as_it_finishes_with_the_documented_fields(tmp_path):
-    """README: `predict holiday/ --jsonl` gives "one JSON line per photo, as each finishes", and for
+    """README: `predict holiday/ --jsonl` gives "one JSON line per photo, streamed" a group at a time, and for
     every face its number, box, 5 landmarks, detection score, age with a 90% interval, age bin,
     gender with its probability, both probabilities and a low_quality flag. Lines are read as they
     come. The photos go through the model 16 at a time (`--batch` 32 // 2), so the 16 photos with a
