@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data", help="dataset (default: $FACEAGE_DATA or the shared UTKFace)")
     ca.add_argument("--split", default="val", choices=["train", "val", "test"],
                     help="which part of the run's split to fit on (default val: held out from training)")
-    ca.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
+    ca.add_argument("--split-file", help="split.csv (or a run directory's) to take --split from (default: the one beside the checkpoint)")
     ca.add_argument("--cache-dir", help="decode cache folder (default: $FACEAGE_CACHE or ~/.cache/faceage)")
     ca.add_argument("--age-prior", metavar="auto|S",
                     help="also correct the estimates' pull toward common ages: read ages from softmax(logits - S * "
@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset to score (default: $FACEAGE_DATA or the shared UTKFace)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split (default test); a foreign folder is scored whole")
-    ev.add_argument("--split-file", help="split.csv to take --split from (default: the one beside the checkpoint)")
+    ev.add_argument("--split-file", help="split.csv (or a run directory's) to take --split from (default: the one beside the checkpoint)")
     ev.add_argument("--y-is", choices=("age", "label", "onehot"),
                     help="what a .npz's y holds (data.y_is; default: what the run trained with)")
     ev.add_argument("--json", metavar="FILE", help="write metrics as JSON (plots go beside it)")

@@ -154,7 +154,7 @@ def test_flip_tta_in_the_graph_is_mirror_consistent(checkpoint, tmp_path):
 
 
 def test_evaluate_takes_a_split_file(checkpoint, synthetic_utk, tmp_path):
-    """--split-file scores the named part of any split file; a missing file is a clear error."""
+    """--split-file scores the named part of any split file (or a run directory's); a missing file is a clear error."""
     from faceage.errors import DataError
     from faceage.evaluation.evaluate import evaluate
     keys = sorted(p.name for p in synthetic_utk.iterdir())
@@ -162,6 +162,11 @@ def test_evaluate_takes_a_split_file(checkpoint, synthetic_utk, tmp_path):
     split.write_text("key,split\n" + "".join(f"{k},{'test' if i < 7 else 'train'}\n" for i, k in enumerate(keys)))
     m = evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(split), quiet=True)
     assert m["n"] == 7 and str(split) in m["scope"]
+    run = tmp_path / "other-run"                         # a run directory stands for the split.csv inside it
+    run.mkdir()
+    (run / "split.csv").write_text(split.read_text())
+    m = evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(run), quiet=True)
+    assert m["n"] == 7 and str(run / "split.csv") in m["scope"]
     assert evaluate(str(checkpoint), str(synthetic_utk), split="test", quiet=True)["n"] == len(keys)  # no split: whole
     with pytest.raises(DataError, match="split file not found"):
         evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(tmp_path / "none.csv"), quiet=True)

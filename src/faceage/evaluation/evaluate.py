@@ -44,7 +44,8 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
     if not named:
         return manifest.samples, report, "all usable images (not the training dataset)"
     parts, _ = apply_split(named, assignment)
-    source = split_file or (loaded.path.parent / "split.csv" if (loaded.path.parent / "split.csv").is_file()
+    given = split_file and (Path(split_file) / "split.csv" if Path(split_file).is_dir() else split_file)
+    source = given or (loaded.path.parent / "split.csv" if (loaded.path.parent / "split.csv").is_file()
                             else f"{loaded.path.name}'s sidecar")
     if not parts[split]:
         raise DataError(f"the {split} split of {source} is empty: the model was trained on every image of {data} it "
@@ -56,9 +57,7 @@ def model_split(loaded, split_file: str | None = None) -> dict[str, str] | None:
     """The model's train/val/test assignment: ``split_file``, else the ``split.csv`` beside the
     checkpoint, else the copy an exported model carries in its sidecar; None if none."""
     if split_file is not None:
-        if not Path(split_file).is_file():
-            raise DataError(f"split file not found: {split_file}")
-        return load_split(split_file)
+        return load_split(split_file)          # a split.csv, or a run directory holding one
     beside = loaded.path.parent / "split.csv"
     if beside.is_file():
         return load_split(beside)
