@@ -118,10 +118,12 @@ def runs(tmp_path_factory, real_subset, env, procs):
     one-process run, a DDP run killed in epoch 2 then resumed, and a two-"node" run."""
     root = tmp_path_factory.mktemp("ddp")
     data = ["--data", real_subset]
-    # All start at once, so they also race to build the same decode cache (one decodes, the
-    # others wait for its lock: data/cache.py).
+    # All but the plain DDP run start at once, so they also race to build the same decode cache
+    # (one decodes, the others wait for its lock: data/cache.py). The plain DDP run has a cache of
+    # its own, to show that its first process decodes before it starts the second.
     log = root / "samples"
-    p_ddp = procs.start(["train", *TINY, *DDP, *data, "--out", root / "ddp"], env, FACEAGE_TEST_SAMPLE_LOG=log)
+    p_ddp = procs.start(["train", *TINY, *DDP, *data, "--out", root / "ddp"], env, FACEAGE_TEST_SAMPLE_LOG=log,
+                        FACEAGE_CACHE=root / "ddp-cache")
     p_one = procs.start(["train", *TINY, "train.devices=1", *data, "--out", root / "one"], env)
     p_kill = procs.start(["train", *TINY, *DDP, *data, "--out", root / "killed"], env, FACEAGE_TEST_KILL_AT="mid_epoch:2")
     port = free_port()
@@ -133,7 +135,7 @@ def runs(tmp_path_factory, real_subset, env, procs):
     after_kill = history(root / "killed") if (root / "killed" / "history.json").is_file() else []
     resumed = procs.finish(procs.start(["train", "--resume", root / "killed", *data], env))
     return {"root": root, "data": real_subset, "log": log,
-            "ddp": procs.finish(p_ddp), "one": procs.finish(p_one), "killed": killed, "after_kill": after_kill,
+            "ddp": procs.finish(p_ddp), "ddp_cache": root / "ddp-cache", "one": procs.finish(p_one), "killed": killed, "after_kill": after_kill,
             "resumed": resumed, "nodes": [procs.finish(p) for p in nodes]}
 
 
@@ -163,6 +165,22 @@ def test_two_processes_train_disjoint_shards(runs):
             assert set(a) | set(b) == split["val"]                         # every val image, once
             assert abs(len(a) - len(b)) == len(split["val"]) % 2           # uneven shards are fine
     assert seen[("train", 0)][0] != seen[("train", 1)][0]                  # a new order every epoch
+
+
+def test_the_first_process_decodes_before_it_starts_the_second(runs):
+    """README: "With train.devices=N on one machine the first process decodes before it starts the
+    others". Had both processes started on an empty cache, one would decode and the other say it
+    is waiting for that lock (a quiet rank says so too: data/cache.py), or, without working
+    locks, decode a second chunk of its own."""
+    rc, _, err = runs["ddp"]
+    assert rc == 0, err[-3000:]
+    decoded = [line for line in err.splitlines() if line.startswith("decoding images into cache:")]
+    assert len(decoded) == 1, decoded                                      # one decode, whole
+    done, total = decoded[0].rsplit(" ", 1)[1].split("/")
+    assert done == total and int(total) > 250
+    assert "waiting for another process" not in err
+    chunks = list(runs["ddp_cache"].rglob("*.u8"))
+    assert len(chunks) == 1, chunks
 
 
 def test_only_rank_zero_writes_and_the_run_directory_matches_a_one_process_run(runs):

@@ -180,8 +180,8 @@ def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces
         start_new_session=True)
     try:
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
-        decoded = []
-        usable = waiter.build(manifest.samples, SkipReport(), progress=lambda done, total: decoded.append(done))
+        # no progress display (as in evaluate, or a DDP rank > 0): the wait is still announced
+        usable = waiter.build(manifest.samples, SkipReport(), progress=None)
         assert holder.wait(timeout=120) == 0, holder.stderr.read()
     finally:
         try:
@@ -190,9 +190,9 @@ def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces
             pass
     err = capsys.readouterr().err
     assert f"waiting for another process that is decoding images into {waiter.dir}" in err
-    assert len(usable) == N and decoded == []           # every row came from the holder's decode
+    assert len(usable) == N
     counts = check_rows(faces, cache_dir)
-    assert len(counts) == N and set(counts.values()) == {1}
+    assert len(counts) == N and set(counts.values()) == {1}    # every row from the holder's decode, none twice
 
 
 def test_a_copied_cache_folder_serves_the_same_images_at_another_path(faces, tmp_path):

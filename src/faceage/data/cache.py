@@ -130,7 +130,9 @@ class ImageCache:
         failed: set[str] = set()
         if not self.missing(samples):
             return [s for s in samples if s.digest in self._index]
-        with build_lock(self.dir, on_wait=lambda: progress and print(
+        # Said even without progress (evaluate, a DDP rank > 0): a process blocked here for minutes
+        # should say why.
+        with build_lock(self.dir, on_wait=lambda: print(
                 f"waiting for another process that is decoding images into {self.dir}", file=sys.stderr, flush=True)) as held:
             if held:
                 self._remove_debris()
