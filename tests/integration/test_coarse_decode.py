@@ -172,3 +172,17 @@ def test_a_photo_reduced_to_fit_a_pixel_limit_is_answered_in_its_own_pixels(chip
     assert decodes == [(2000, 1500)]                     # 1/2 scale fits 3 MP; every pixel (12 MP) does not
     assert size == (4000, 3000) and timing["decode"] > 0 and timing["faces"] > 0
     assert_same_answers(faces, predictors[1].analyze(data), face_px=550)
+
+
+def test_a_callers_pil_image_is_the_photo_and_stays_open(chips, predictors):
+    """A PIL image given to the predictor is answered in its own pixels, whatever its ``info``
+    says (Pillow copies ``info``, and so faceage's record of a reduced decode, through crops and
+    resizes), and the caller can still use it afterwards."""
+    photo = Image.open(io.BytesIO(photo_jpeg((1600, 1200), [(600, 300, 500)], chips))).convert("RGB")
+    plain = predictors[1].analyze(photo.copy())
+    tagged = photo.copy()
+    tagged.info["faceage_original_size"] = (3200, 2400)         # as if it were a half-scale decode
+    size, faces = predictors[0].analyze_photo(tagged)
+    assert size == (1600, 1200) and len(faces) == len(plain) == 1
+    assert np.abs(np.array(faces[0].box) - np.array(plain[0].box)).max() < 1e-6
+    assert np.asarray(tagged).shape == (1200, 1600, 3)            # not closed by analyze_photo

@@ -100,8 +100,9 @@ class Predictor:
         t0, decoded_before = time.perf_counter(), timing.get("decode", 0.0)
         decode = {"max_pixels": max_pixels, "reduce_to_fit": reduce_to_fit, "timing": timing}
         rgb, faces = self._decode_and_find(image, "rgb", keep_image=False, decode=decode)
-        size = rgb.info.get("faceage_original_size", rgb.size)
-        rgb.close()
+        size = _photo_size(image, rgb)
+        if rgb is not image:                 # never close the caller's own PIL image
+            rgb.close()
         found = self._predict([faces])[0]
         spent = (time.perf_counter() - t0) * 1000 - (timing.get("decode", 0.0) - decoded_before)
         timing["faces"] = timing.get("faces", 0.0) + spent
@@ -177,17 +178,17 @@ class Predictor:
         copy, unless ``keep_image`` asks for the photo itself. ``decode``: :meth:`_decode`'s options."""
         decode = decode or {}
         coarse_first = self.coarse_decode and hasattr(self.detector, "first_look")     # not a custom detector
-        if coarse_first and not keep_image and isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+        if coarse_first and not keep_image and isinstance(image, ENCODED):
             coarse = self._decode(image, channels, at_least=2 * self.detector.first_side, **decode)
             full_size = coarse.info.get("faceage_original_size")
             if full_size is None:                   # not reduced (small, or not a JPEG): it is the photo
-                return coarse, self._find_faces(coarse)
+                return coarse, self._find_faces(coarse, coarse.size)
             found = self.detector.first_look(coarse, full_size)
             if found is not None:
                 return self._crop_found(image, channels, coarse, full_size, found, decode)
             coarse.close()                          # the detector must look finer: every pixel allowed
         rgb = self._decode(image, channels, **decode)
-        return rgb, self._find_faces(rgb)
+        return rgb, self._find_faces(rgb, _photo_size(image, rgb))
 
     @staticmethod
     def _decode(image, channels: str, *, max_pixels: int | None = None, reduce_to_fit: bool = False,
@@ -200,10 +201,11 @@ class Predictor:
             if timing is not None:
                 timing["decode"] = timing.get("decode", 0.0) + (time.perf_counter() - t0) * 1000
 
-    def _find_faces(self, rgb: Image.Image) -> list[tuple[Detection | None, np.ndarray]]:
+    def _find_faces(self, rgb: Image.Image, photo_size=None) -> list[tuple[Detection | None, np.ndarray]]:
         """(detection, aligned crop) per face: filtered by size, the largest N, in reading order.
-        Detections are in the photo's own pixels where ``rgb`` is a copy reduced to fit a pixel limit."""
-        photo_size = rgb.info.get("faceage_original_size", rgb.size)
+        Detections are in ``photo_size``'s pixels (default: ``rgb``'s own), for ``rgb`` a copy of the
+        photo reduced to fit a pixel limit."""
+        photo_size = rgb.size if photo_size is None else photo_size
         if self.skip_detection:        # the photo is the crop: framed exactly as in training
             box = np.array([0, 0, *photo_size], dtype=np.float64)
             return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
@@ -289,6 +291,17 @@ def describe_error(exc: Exception) -> str:
         helpful = ("image too large", "permission denied", "unsupported array", "unsupported image", "empty image")
         return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in helpful else "")
     return str(exc)
+
+
+ENCODED = (str, Path, bytes, bytearray, memoryview)        # inputs that the predictor decodes itself
+
+
+def _photo_size(image, rgb: Image.Image) -> tuple[int, int]:
+    """The size of the photo ``rgb`` was decoded from: the original's where faceage decoded a file
+    or bytes at a reduced scale (``open_image`` records it), else ``rgb``'s own. A PIL image the
+    caller gives is the photo, whatever its ``info`` says (Pillow copies ``info`` through crops)."""
+    original = rgb.info.get("faceage_original_size") if isinstance(image, ENCODED) else None
+    return tuple(original) if original else rgb.size
 
 
 def _scaled(detections: list[Detection], factor: np.ndarray) -> list[Detection]:
