@@ -170,12 +170,16 @@ def _unknown_key(key: str) -> ConfigError:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert a YAML value against a field's annotated type."""
-    if value is None or tp is Any:
+    if tp is Any:
         return value
     origin = get_origin(tp)
     if origin is not None and type(None) in get_args(tp):   # Optional[X]
+        if value is None:
+            return value
         inner = [a for a in get_args(tp) if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if value is None:                  # YAML's null / ~ / an empty value, for a key that needs one
+        raise ConfigError(f"config key '{key}' needs a value, got null (leave the key out for its default)")
     if tp is bool:
         if isinstance(value, bool):
             return value

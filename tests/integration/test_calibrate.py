@@ -133,6 +133,22 @@ def test_gender_confidence_is_fitted_to_the_accuracy_by_age(run, real_subset, tm
     assert np.array_equal(a["gender_prob"] >= 0.5, b["gender_prob"] >= 0.5) and not np.allclose(a["gender_prob"], b["gender_prob"])
 
 
+def test_calibrate_reads_whole_numbers_in_an_npz_y_as_ages(run, real_subset, tmp_path):
+    """An .npz with x and whole-number y is ambiguous to train and evaluate (ages or class
+    indices?); calibrate fits only age models, so its y are ages and no flag is needed."""
+    from PIL import Image
+    files = sorted(real_subset.glob("*.chip.jpg"))[:150]
+    x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR)) for f in files])
+    y = np.array([int(f.name.split("_")[0]) for f in files])
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    own = shutil.copytree(run, tmp_path / "run")          # the module's run keeps its own calibration
+    r = faceage("calibrate", own, "--data", tmp_path / "xy.npz")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((own / CALIBRATION).read_text())
+    assert saved["n"] == len(files) and "not the training dataset" in saved["scope"]
+    assert saved["coverage_after"]["none"] >= 0.90
+
+
 def test_calibrate_refuses_what_it_cannot_fit(run, real_subset, tmp_path):
     onnx = tmp_path / "m.onnx"
     assert faceage("export", run, "--out", onnx).returncode == 0

@@ -28,11 +28,19 @@ def test_overrides_and_yaml(tmp_path):
     ("optim.name=rmsprop", "must be one of adam, adamw, sgd"),
     ("data.split=[0.5,0.5,0.5]", "summing to 1"),
     ("lr", "key=value"),
+    ("model.label_smoothing=null", "'model.label_smoothing' needs a value, got null"),
+    ("augment.zoom=", "'augment.zoom' needs a value"),
+    ("data.batch_size=~", "'data.batch_size' needs a value"),
 ])
 def test_config_errors(override, message):
     with pytest.raises(ConfigError) as exc:
         load_config(None, [override])
     assert message in str(exc.value)
+
+
+def test_null_stays_allowed_where_a_key_may_be_unset():
+    cfg = load_config(None, ["model.input_size=null", "data.limit=~", "model.dense_dropout="])
+    assert (cfg.model.input_size, cfg.data.limit, cfg.model.dense_dropout) == (None, None, None)
 
 
 def test_bad_yaml_files(tmp_path):

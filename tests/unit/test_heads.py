@@ -153,6 +153,19 @@ def test_fit_temperature_gives_the_smallest_interval_with_90_percent_coverage(si
     assert (t > 1) == (before < 0.90)                  # widened when it undercovered, narrowed when it overcovered
 
 
+def test_fit_temperature_finds_coverage_that_a_flat_distribution_loses_again():
+    """Coverage grows with T only so far: nearly flat, the interval is about [5, 95] years and
+    misses babies and the very old. Faces at both ends, each a modest peak at its true age: covered
+    at T = 1, not at T = 16 (where a search that starts from the wide end finds nothing)."""
+    from faceage.inference.calibration import coverage, fit_temperature
+    ages = np.random.default_rng(3).choice([1.0, 2.0, 97.0, 99.0], 400)
+    logits = np.zeros((400, 101), np.float32)
+    logits[np.arange(400), ages.astype(int)] = 3.0
+    assert coverage(logits, ages, 16.0) < 0.90 <= coverage(logits, ages, 1.0)
+    t = fit_temperature(logits, ages)
+    assert coverage(logits, ages, t) >= 0.90 and t <= 1.0
+
+
 def test_fit_temperature_refuses_ages_no_interval_can_hold():
     from faceage.errors import DataError
     from faceage.inference.calibration import fit_temperature

@@ -55,6 +55,7 @@ MAE_BUDGET = 0.01
 AGE_BANDS = ((0, 3), (3, 13), (13, 20), (20, 40), (40, 60), (60, 80), (80, 200))     # as issue 9's targets
 GENDER_BAND_STARTS = (0, 3, 13)      # bands of predicted age with their own gender temperature
 MIN_GENDER_FACES = 100               # a band with fewer validation faces joins the band before it
+AGES_NPZ = "age"                     # what an .npz's y holds for calibrate (data/arrays.py's data.y_is)
 
 
 def calibration_path(checkpoint: Path) -> Path:
@@ -123,12 +124,20 @@ def coverage(logits: np.ndarray, ages: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(logits: np.ndarray, ages: np.ndarray, target: float = COVERAGE) -> float:
-    """The smallest temperature whose interval covers at least ``target`` of ``ages``, by bisection
-    on log T (coverage grows with T: a flatter distribution has wider quantiles)."""
-    lo, hi = np.log(1 / 16), np.log(16.0)
-    if coverage(logits, ages, np.exp(hi)) < target:
-        raise DataError(f"no interval temperature up to 16 covers {target:.0%} of these ages: are they the "
+    """The smallest temperature whose interval covers at least ``target`` of ``ages``: the first
+    of a grid of T from 1/16 to 16 that does, refined by bisection on log T from the grid point
+    before it. Coverage grows with T (a flatter distribution has wider quantiles) only up to a
+    point: nearly flat over 0..100 years, the interval tends to [5, 95] and leaves out babies and
+    the very old again, so the search walks up from the narrow end."""
+    grid = np.linspace(np.log(1 / 16), np.log(16.0), 33)
+    covers = [coverage(logits, ages, np.exp(g)) >= target for g in grid]
+    if not any(covers):
+        raise DataError(f"no interval temperature from 1/16 to 16 covers {target:.0%} of these ages: are they the "
                         "model's own kind of faces?")
+    first = covers.index(True)
+    if first == 0:
+        return float(np.exp(grid[0]))
+    lo, hi = grid[first - 1], grid[first]
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if coverage(logits, ages, np.exp(mid)) >= target else (mid, hi)
@@ -207,7 +216,8 @@ def calibrate(model: str, data: str, split: str = "val", split_file: str | None 
     if "age_dist" not in loaded.spec.tasks:
         raise CheckpointError(f"{loaded.path}: only the age_dist task reports an interval; this model has "
                               f"{', '.join(loaded.spec.tasks)}")
-    samples, report, scope = select_samples(loaded, data, split, cache_dir, split_file)
+    # An .npz's whole-number y can only be ages here: only an age model is calibrated.
+    samples, report, scope = select_samples(loaded, data, split, cache_dir, split_file, y_is=AGES_NPZ)
     cache = ImageCache(loaded.preprocess, cache_dir)
     samples = [s for s in cache.build(samples, report) if s.age is not None]
     if len(samples) < 100:
@@ -263,7 +273,7 @@ def _model_training_prior(loaded, data: str, cache_dir, assignment) -> list[floa
     if not assignment:
         raise DataError(f"{loaded.path}: --age-prior needs the ages the model trained on, and no split.csv records "
                         "which images those were")
-    manifest, _ = read_dataset(data, cache_dir)
+    manifest, _ = read_dataset(data, cache_dir, y_is=AGES_NPZ)
     ages = np.array([s.age for s in manifest.samples if s.age is not None and assignment.get(s.key) in ("train", BOTH)])
     if len(ages) < 100:
         raise DataError(f"{len(ages)} of the model's training images are in {data}: too few to know the ages it "
