@@ -170,6 +170,8 @@ def test_evaluate_takes_a_split_file(checkpoint, synthetic_utk, tmp_path):
     assert evaluate(str(checkpoint), str(synthetic_utk), split="test", quiet=True)["n"] == len(keys)  # no split: whole
     with pytest.raises(DataError, match="split file not found"):
         evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file=str(tmp_path / "none.csv"), quiet=True)
+    with pytest.raises(DataError, match="path is empty"):                # not "." read as a run directory
+        evaluate(str(checkpoint), str(synthetic_utk), split="test", split_file="", quiet=True)
 
 
 def test_gender_temperatures_by_age_are_baked_into_the_graph(checkpoint, tmp_path):

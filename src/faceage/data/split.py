@@ -104,10 +104,16 @@ def trained_on(assignment: dict[str, str], samples) -> int:
     return sum(assignment.get(s.key) in ("train", "val", BOTH) for s in samples)
 
 
-def load_split(path: str | Path) -> dict[str, str]:
+def split_path(path: str | Path) -> Path:
+    """The split file that ``path`` names: itself, or the ``split.csv`` of a run directory."""
+    if not str(path).strip():
+        raise DataError("the split file's path is empty: name a split.csv or a run directory")
     path = Path(path)
-    if path.is_dir():
-        path = path / "split.csv"
+    return path / "split.csv" if path.is_dir() else path
+
+
+def load_split(path: str | Path) -> dict[str, str]:
+    path = split_path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
     with path.open(newline="") as fh:

@@ -10,7 +10,7 @@ from ..atomic import atomic_write_json
 from ..data.cache import ImageCache
 from ..data.manifest import Sample, SkipReport
 from ..data.readers import read_dataset
-from ..data.split import apply_split, decode_split, load_split, trained_on
+from ..data.split import apply_split, decode_split, load_split, split_path, trained_on
 from ..errors import DataError
 from ..inference.runners import load_runner
 from ..labels import RACES, bin_labels
@@ -44,9 +44,9 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
     if not named:
         return manifest.samples, report, "all usable images (not the training dataset)"
     parts, _ = apply_split(named, assignment)
-    given = split_file and (Path(split_file) / "split.csv" if Path(split_file).is_dir() else split_file)
-    source = given or (loaded.path.parent / "split.csv" if (loaded.path.parent / "split.csv").is_file()
-                            else f"{loaded.path.name}'s sidecar")
+    beside = loaded.path.parent / "split.csv"
+    source = split_path(split_file) if split_file is not None else beside if beside.is_file() \
+        else f"{loaded.path.name}'s sidecar"
     if not parts[split]:
         raise DataError(f"the {split} split of {source} is empty: the model was trained on every image of {data} it "
                         f"names. Score another dataset, give --split-file, or use --split all (optimistic)")
