@@ -208,6 +208,7 @@ def test_make_demo_prints_the_table_and_writes_the_annotated_photo(tmp_path):
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
+    pytest.importorskip("skimage.data", reason="scikit-image (the 'demo' extra, which make installs) provides the photo")
     env = {**os.environ, "FACEAGE_DATA": str(tmp_path / "no-dataset")}      # no dataset needed
     r = subprocess.run([make, "-f", REPO / "Makefile", "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}", "demo"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

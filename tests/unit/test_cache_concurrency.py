@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -157,14 +158,15 @@ def test_a_killed_builder_does_not_block_the_next(faces, tmp_path):
 
 def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces, tmp_path, capsys):
     """README: the first process to get the build lock decodes what is missing; every other one
-    waits for it ("waiting for another process that is decoding images") and then reads its rows."""
+    waits for it ("waiting for another process that is decoding images") and then reads its rows.
+    The holder keeps the lock until the waiter has said it waits: no timing is assumed."""
     cache_dir = tmp_path / "cache"
     spec = PreprocessSpec(**SPEC)
     manifest, _ = read_dataset(faces, cache_dir)
     waiter = ImageCache(spec, cache_dir)                 # indexed while the cache is still empty
     assert len(waiter.missing(manifest.samples)) == N
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         import faceage.data.cache as C
         from faceage.data.manifest import SkipReport
         from faceage.data.readers import read_dataset
@@ -174,23 +176,31 @@ def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces
         with C.build_lock(cache.dir) as held:
             assert held is True
             print('locked', flush=True)
-            time.sleep(1.0)                              # the other process is blocked by now
+            sys.stdin.readline()                         # until the test has seen the other one wait
             cache._decode(cache.missing(manifest.samples), SkipReport(), set(), None)
-    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-        start_new_session=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    built: dict = {}
     try:
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
         # no progress display (as in evaluate, or a DDP rank > 0): the wait is still announced
-        usable = waiter.build(manifest.samples, SkipReport(), progress=None)
+        thread = threading.Thread(target=lambda: built.update(usable=waiter.build(manifest.samples, SkipReport())))
+        thread.start()
+        err, deadline = "", time.monotonic() + 120
+        while "waiting for another process" not in err and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+            err += capsys.readouterr().err
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        thread.join(timeout=120)
         assert holder.wait(timeout=120) == 0, holder.stderr.read()
     finally:
         try:
             os.killpg(holder.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    err = capsys.readouterr().err
     assert f"waiting for another process that is decoding images into {waiter.dir}" in err
-    assert len(usable) == N
+    assert len(built["usable"]) == N
     counts = check_rows(faces, cache_dir)
     assert len(counts) == N and set(counts.values()) == {1}    # every row from the holder's decode, none twice
 
