@@ -134,7 +134,7 @@ def test_resume_finds_the_runs_own_decode_cache(real_subset, tmp_path):
     assert chunks, "the run's decode cache is empty"
     run = first_cwd / "run"
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["cache_dir"] == str(cache)   # saved absolute
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["cache_dir"] == str(cache.resolve())   # saved absolute
 
     r = faceage("train", "--resume", run, "--data", real_subset, env=env, cwd=other_cwd)
     assert r.returncode == 0, r.stdout + r.stderr

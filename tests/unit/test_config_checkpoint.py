@@ -160,9 +160,15 @@ def test_faceage_weights_defaults_beside_the_checkout_else_in_the_home_cache(tmp
     from faceage import recipebook
     monkeypatch.delenv("FACEAGE_WEIGHTS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    checkout = Path(recipebook.__file__).resolve().parents[2]
-    if (checkout.parent / "shared" / "weights").is_dir():
-        assert recipebook.weights_dir() == checkout.parent / "shared" / "weights"
+    # A source checkout (pyproject.toml two folders above the package) beside a shared/weights folder.
+    checkout = tmp_path / "work" / "faceage"
+    (checkout / "src" / "faceage").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'faceage'\n")
+    (tmp_path / "work" / "shared" / "weights").mkdir(parents=True)
+    monkeypatch.setattr(recipebook, "__file__", str(checkout / "src" / "faceage" / "recipebook.py"))
+    assert recipebook.weights_dir() == (tmp_path / "work" / "shared" / "weights").resolve()
+    (checkout / "pyproject.toml").unlink()                            # the same folders, no checkout: the home cache
+    assert recipebook.weights_dir() == tmp_path / "home" / ".cache" / "faceage" / "weights"
     # An installed package (no pyproject.toml two folders up) reads the home cache, even beside a shared/ folder.
     site = tmp_path / "env" / "lib" / "site-packages"
     (tmp_path / "env" / "shared" / "weights").mkdir(parents=True)     # where a checkout's would be

@@ -87,7 +87,12 @@ def test_label_smoothing_softens_the_classification_targets_only():
     smoothed = -((1 - s + s / 5) * logp[0] + (s / 5) * logp[1:].sum())     # 1 - s + s/K on the class, s/K elsewhere
     assert abs(race.loss(logits, _batch(race=torch.tensor([0]))).item() - smoothed.item()) < 1e-5
     bins = AgeBinsHead(4, edges=DEFAULT_AGE_BIN_EDGES, label_smoothing=s)
-    assert bins.label_smoothing == s
+    k = bins.centers.numel()                                            # one class per bin
+    logits = torch.zeros(1, k)
+    logits[0, 2] = 4.0
+    logp = logits.log_softmax(dim=1)[0]
+    smoothed = -((1 - s + s / k) * logp[2] + (s / k) * (logp.sum() - logp[2]))
+    assert abs(bins.loss(logits, _batch(age_bin=torch.tensor([2]))).item() - smoothed.item()) < 1e-5
     # The age heads have no classes to smooth: they keep 0, so the option is reported as doing nothing there.
     assert AgeDistributionHead(4, label_smoothing=s).label_smoothing == 0.0
     assert AgeRegressionHead(4, label_smoothing=s).label_smoothing == 0.0
