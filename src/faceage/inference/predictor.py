@@ -210,11 +210,9 @@ class Predictor:
             box = np.array([0, 0, *photo_size], dtype=np.float64)
             return [(Detection(box, None, None), self._as_input(frame(rgb, self.pre)))]
         found = self.detector.detect(rgb)
-        if tuple(photo_size) == rgb.size:
-            return [(d, self._as_input(align_face(rgb, d.landmarks, self.pre.size))) for d in self._select(found)]
-        to_photo = np.array(photo_size, dtype=np.float64) / rgb.size
-        return [(d, self._as_input(align_face(rgb, d.landmarks / to_photo, self.pre.size)))
-                for d in self._select(_scaled(found, to_photo))]
+        if tuple(photo_size) != rgb.size:
+            found = _scaled(found, np.array(photo_size, dtype=np.float64) / rgb.size)
+        return self._aligned(rgb, self._select(found), photo_size)
 
     def _crop_found(self, image, channels: str, coarse: Image.Image, full_size, found: list[Detection], decode: dict):
         """:meth:`_find_faces`'s answer from the faces that the first look on ``coarse`` (a reduced
@@ -228,8 +226,13 @@ class Predictor:
         if finest < to_full.max():                  # a face is coarser in this copy than in its crop
             coarse.close()
             source = self._decode(image, channels, at_least=math.ceil(max(full_size) / max(finest, 1.0)), **decode)
-        to_source = np.array(source.size, dtype=np.float64) / full_size
-        return source, [(d, self._as_input(align_face(source, d.landmarks * to_source, self.pre.size))) for d in chosen]
+        return source, self._aligned(source, chosen, full_size)
+
+    def _aligned(self, source: Image.Image, chosen: list[Detection], photo_size) -> list[tuple[Detection, np.ndarray]]:
+        """(detection, aligned crop) for detections in the pixels of a ``photo_size`` photo, cropped
+        from ``source``, a decode of it at any scale."""
+        to_source = np.array(source.size, dtype=np.float64) / np.asarray(photo_size, dtype=np.float64)
+        return [(d, self._as_input(align_face(source, d.landmarks * to_source, self.pre.size))) for d in chosen]
 
     def _select(self, detections: list[Detection]) -> list[Detection]:
         """Filtered by size, the largest N, in reading order."""
