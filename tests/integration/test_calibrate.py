@@ -137,7 +137,7 @@ def test_calibrate_reads_whole_numbers_in_an_npz_y_as_ages(run, real_subset, tmp
     """An .npz with x and whole-number y is ambiguous to train and evaluate (ages or class
     indices?); calibrate fits only age models, so its y are ages and no flag is needed."""
     from PIL import Image
-    files = sorted(real_subset.glob("*.chip.jpg"))[:150]
+    files = sorted(real_subset.glob("*.chip.jpg"))[::2]       # every other face: every age (names sort by age)
     x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR)) for f in files])
     y = np.array([int(f.name.split("_")[0]) for f in files])
     np.savez(tmp_path / "xy.npz", x=x, y=y)
@@ -145,7 +145,7 @@ def test_calibrate_reads_whole_numbers_in_an_npz_y_as_ages(run, real_subset, tmp
     r = faceage("calibrate", own, "--data", tmp_path / "xy.npz")
     assert r.returncode == 0, r.stderr
     saved = json.loads((own / CALIBRATION).read_text())
-    assert saved["n"] == len(files) and "not the training dataset" in saved["scope"]
+    assert saved["n"] == len(files) >= 100 and "not the training dataset" in saved["scope"]
     assert saved["coverage_after"]["none"] >= 0.90
 
 
