@@ -49,7 +49,7 @@ def features(net, x: torch.Tensor, mirror: bool) -> np.ndarray:
 
 
 def gender_probe(train: np.ndarray, y: np.ndarray, val: np.ndarray, c: float) -> np.ndarray:
-    """Predicted gender (0/1) of ``val`` from a logistic regression with penalty 1 / (2 C n)."""
+    """Probability of gender 1 (female) for ``val`` from a logistic regression with penalty 1 / (2 C n)."""
     xt, yt = torch.tensor(train), torch.tensor(y, dtype=torch.float64)
     w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -61,7 +61,7 @@ def gender_probe(train: np.ndarray, y: np.ndarray, val: np.ndarray, c: float) ->
         loss.backward()
         return loss
     opt.step(closure)
-    return ((torch.tensor(val) @ w + b) > 0).detach().numpy().astype(int)
+    return torch.sigmoid(torch.tensor(val) @ w + b).detach().numpy()
 
 
 def age_probe(train: np.ndarray, ages: np.ndarray, val: np.ndarray, alpha: float = 100.0) -> np.ndarray:
@@ -121,7 +121,8 @@ def main() -> None:
             mu, sd = train.mean(0), train.std(0) + 1e-6
             train, val = (train - mu) / sd, (val - mu) / sd
             age = age_probe(train, y_train[:, 0], val)
-            print(report(f"{graph.name}: linear probes, {size} px", gender_probe(train, y_train[:, 1], val, 0.01),
+            female = (gender_probe(train, y_train[:, 1], val, 0.01) > 0.5).astype(int)
+            print(report(f"{graph.name}: linear probes, {size} px", female,
                          age, y_val))
         g, hse_age = hse_heads(graph, x_val224)
         female = (g > 0.5).astype(int)
