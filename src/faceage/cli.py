@@ -123,7 +123,7 @@ def _cmd_train(args) -> int:
             from .training.resolve import ineffective_overrides      # said once, by the first process
             for message in ineffective_overrides(args.config, epochs, args.overrides):
                 print(f"warning: {message}", file=sys.stderr)
-        if args.split:
+        if args.split is not None:          # an empty --split is an error (config.validate), not "none given"
             cfg.data.split_file = args.split
         out = args.out or f"runs/{cfg.model.name}"
         summary = train(cfg, out, data=args.data, overwrite=args.overwrite)

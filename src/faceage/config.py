@@ -168,6 +168,18 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def _null_hint(key: str) -> str:
+    """What to write instead of null: a key of the recipe's own, or an entry of a mapping such as
+    model.tasks (whose entries have no default: leaving one out keeps the recipe's)."""
+    section, _, rest = key.partition(".")
+    field_name = rest.split(".")[0]
+    section_cls = get_type_hints(Config).get(section)
+    tp = get_type_hints(section_cls).get(field_name) if dataclasses.is_dataclass(section_cls) else None
+    if rest.count(".") >= 1 and tp is not None and dict in (get_origin(tp), *map(get_origin, get_args(tp))):
+        return f"to drop an entry, write the whole mapping without it, e.g. {section}.{field_name}={{...}}"
+    return "leave the key out for its default"
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert a YAML value against a field's annotated type."""
     if tp is Any:
@@ -179,7 +191,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = [a for a in get_args(tp) if a is not type(None)][0]
         return _coerce(value, inner, key)
     if value is None:                  # YAML's null / ~ / an empty value, for a key that needs one
-        raise ConfigError(f"config key '{key}' needs a value, got null (leave the key out for its default)")
+        raise ConfigError(f"config key '{key}' needs a value, got null ({_null_hint(key)})")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -420,6 +432,13 @@ def validate(cfg: Config) -> None:
         v = _get(cfg, key)
         if not ok(v):
             raise _bad(key, allowed, v)
+    from .recipebook import PATH_KEYS
+    for section, name in PATH_KEYS:
+        # An empty path (`--split "$UNSET"`) would otherwise read as "not given": a new random split,
+        # no pretrained weights, the default cache. Say so instead of silently doing something else.
+        value = _get(cfg, f"{section}.{name}")
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"config key '{section}.{name}' is an empty path: name a file or folder, or leave the key out")
     s = cfg.data.split
     if len(s) != 3 or any(x < 0 for x in s) or abs(sum(s) - 1.0) > 1e-6:
         raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {s}")

@@ -162,6 +162,11 @@ def test_calibrate_refuses_what_it_cannot_fit(run, real_subset, tmp_path):
     assert r.returncode != 0 and "too few" in r.stderr and "Traceback" not in r.stderr
     r = faceage("export", run, "--out", tmp_path / "x.onnx", "--interval-temperature", "-1")
     assert r.returncode != 0 and "positive" in r.stderr and "Traceback" not in r.stderr
+    # one-hot class rows hold no ages; calibrate has no --y-is, so the message must not send the user to one
+    np.savez(tmp_path / "onehot.npz", x=np.zeros((4, 64, 64, 3), np.uint8), y=np.eye(4))
+    r = faceage("calibrate", run, "--data", tmp_path / "onehot.npz")
+    assert r.returncode == 2 and "ages are one number a face" in r.stderr and "hold no ages" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_age_prior_correction_is_fitted_applied_and_carried(run, real_subset, tmp_path):

@@ -156,7 +156,26 @@ def test_a_killed_builder_does_not_block_the_next(faces, tmp_path):
     check_rows(faces, cache_dir)
 
 
-def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces, tmp_path, capsys):
+class _StderrSink:
+    """A stand-in for sys.stderr that a second thread may write to while the test reads it
+    (pytest's capture is not thread-safe: a write during ``readouterr`` can be lost)."""
+
+    def __init__(self, expected: str):
+        self.expected, self.text, self.seen = expected, "", threading.Event()
+        self._lock = threading.Lock()
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self.text += s
+            if self.expected in self.text:
+                self.seen.set()
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces, tmp_path, monkeypatch):
     """README: the first process to get the build lock decodes what is missing; every other one
     waits for it ("waiting for another process that is decoding images") and then reads its rows.
     The holder keeps the lock until the waiter has said it waits: no timing is assumed."""
@@ -181,15 +200,20 @@ def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces
     """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
     built: dict = {}
+    sink = _StderrSink("waiting for another process")
+    monkeypatch.setattr(sys, "stderr", sink)
+
+    def build():
+        try:
+            built["usable"] = waiter.build(manifest.samples, SkipReport())
+        except BaseException as e:                       # re-raised below, in the test's thread
+            built["error"] = e
     try:
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
         # no progress display (as in evaluate, or a DDP rank > 0): the wait is still announced
-        thread = threading.Thread(target=lambda: built.update(usable=waiter.build(manifest.samples, SkipReport())))
+        thread = threading.Thread(target=build)
         thread.start()
-        err, deadline = "", time.monotonic() + 120
-        while "waiting for another process" not in err and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.05)
-            err += capsys.readouterr().err
+        said = sink.seen.wait(timeout=120)
         holder.stdin.write("go\n")
         holder.stdin.flush()
         thread.join(timeout=120)
@@ -199,7 +223,10 @@ def test_a_builder_behind_another_says_it_waits_then_reads_the_others_rows(faces
             os.killpg(holder.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert f"waiting for another process that is decoding images into {waiter.dir}" in err
+    assert said and f"waiting for another process that is decoding images into {waiter.dir}" in sink.text
+    assert not thread.is_alive(), "the waiting builder did not finish after the holder released the lock"
+    if "error" in built:
+        raise built["error"]
     assert len(built["usable"]) == N
     counts = check_rows(faces, cache_dir)
     assert len(counts) == N and set(counts.values()) == {1}    # every row from the holder's decode, none twice

@@ -31,11 +31,26 @@ def test_overrides_and_yaml(tmp_path):
     ("model.label_smoothing=null", "'model.label_smoothing' needs a value, got null"),
     ("augment.zoom=", "'augment.zoom' needs a value"),
     ("data.batch_size=~", "'data.batch_size' needs a value"),
+    ("optim.lr=null", "'optim.lr' needs a value, got null (leave the key out for its default)"),
+    # an entry of a mapping has no default of its own: leaving it out keeps the recipe's weight
+    ("model.tasks.gender=null", "(to drop an entry, write the whole mapping without it, e.g. model.tasks={...})"),
+    # an empty path would read as "not given": a new random split, no weights, the default cache
+    ('data.split_file=" "', "config key 'data.split_file' is an empty path"),
+    ("model.pretrained=''", "config key 'model.pretrained' is an empty path"),
+    ("data.cache_dir=''", "config key 'data.cache_dir' is an empty path"),
 ])
 def test_config_errors(override, message):
     with pytest.raises(ConfigError) as exc:
         load_config(None, [override])
     assert message in str(exc.value)
+
+
+def test_train_with_an_empty_split_stops_before_anything_is_made(tmp_path, capsys):
+    """`--split "$UNSET"` is not "no split given": a new random split would train on other faces."""
+    from faceage.cli import main
+    assert main(["train", "--config", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--split", ""]) == 2
+    assert "config key 'data.split_file' is an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_null_stays_allowed_where_a_key_may_be_unset():

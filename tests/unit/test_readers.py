@@ -250,7 +250,8 @@ def test_npz_x_and_y(tmp_path):
     ({"x": np.zeros((3, 8, 8), np.uint8), "y": np.ones(2) / 2}, None, "'x' has 3 images but its age labels number 2"),
     ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.array([[0.5, 0.5], [1, 0]])}, None, r"row 0 is \[0.5, 0.5\]: not one-hot"),
     ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.array([0, 1])}, "onehot", r"one-hot rows are \(N, K\)"),
-    ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.eye(2)}, "age", "use data.y_is=onehot"),
+    ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.eye(2)}, "age", r"ages are one number a face.*data.y_is=onehot"),
+    ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.eye(2)}, "label", "use data.y_is=onehot"),
     ({"x": np.zeros((2, 8, 8), np.uint8), "y": np.array([0.5, 1])}, "label", "not class indices"),
     ({"pixels": np.zeros((2, 8, 8), np.uint8)}, None, "no image array: expected 'images' .* found pixels"),
 ])

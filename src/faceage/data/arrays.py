@@ -115,6 +115,9 @@ def _y_labels(arrays: dict, x: str, y: str, y_is: str | None, path: Path) -> dic
             raise DataError(f"{path}: '{y}' row {bad[0]} is {np.round(v[bad[0]], 3).tolist()}: not one-hot (a single 1, "
                             "the rest 0); for class indices use data.y_is=label")
         return {"label": v.argmax(axis=1)}
+    if v.ndim != 1 and kind == "age":     # also calibrate's case, which needs ages and has no data.y_is to set
+        raise DataError(f"{path}: '{y}' has shape {v.shape}, but ages are one number a face, shape (N,); one-hot "
+                        "rows (N, K) are class labels (data.y_is=onehot when training) and hold no ages")
     if v.ndim != 1:
         raise DataError(f"{path}: data.y_is={kind} but '{y}' has shape {v.shape} (one-hot rows? use data.y_is=onehot)")
     if kind == "label" and not (whole and (v >= 0).all()):

@@ -37,16 +37,13 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
     set) is scored whole, as is ``split`` = "all".
     """
     manifest, report = read_dataset(data, cache_dir, y_is=y_is)
-    assignment = model_split(loaded, split_file)
+    assignment, source = split_and_source(loaded, split_file)
     if split in (None, "all") or assignment is None:
         return manifest.samples, report, "all usable images"
     named = [s for s in manifest.samples if s.key in assignment]
     if not named:
         return manifest.samples, report, "all usable images (not the training dataset)"
     parts, _ = apply_split(named, assignment)
-    beside = loaded.path.parent / "split.csv"
-    source = split_path(split_file) if split_file is not None else beside if beside.is_file() \
-        else f"{loaded.path.name}'s sidecar"
     if not parts[split]:
         raise DataError(f"the {split} split of {source} is empty: the model was trained on every image of {data} it "
                         f"names. Score another dataset, give --split-file, or use --split all (optimistic)")
@@ -56,13 +53,18 @@ def select_samples(loaded, data: str, split: str | None, cache_dir=None,
 def model_split(loaded, split_file: str | None = None) -> dict[str, str] | None:
     """The model's train/val/test assignment: ``split_file``, else the ``split.csv`` beside the
     checkpoint, else the copy an exported model carries in its sidecar; None if none."""
-    if split_file is not None:
-        return load_split(split_file)          # a split.csv, or a run directory holding one
+    return split_and_source(loaded, split_file)[0]
+
+
+def split_and_source(loaded, split_file: str | None = None) -> tuple[dict[str, str] | None, str]:
+    """:func:`model_split` and where it came from, as reports name it."""
+    if split_file is not None:                 # a split.csv, or a run directory holding one
+        return load_split(split_file), str(split_path(split_file))
     beside = loaded.path.parent / "split.csv"
     if beside.is_file():
-        return load_split(beside)
+        return load_split(beside), str(beside)
     record = (getattr(loaded, "meta", None) or {}).get("split")
-    return decode_split(record) if record else None
+    return (decode_split(record) if record else None), f"{loaded.path.name}'s sidecar"
 
 
 def evaluate(model: str, data: str, split: str | None = "test", json_path: str | None = None,

@@ -16,6 +16,8 @@ from ..errors import FaceageError
 from ..preprocess import UnsupportedArrayError, open_image, to_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv"}
+# Inputs that are encoded (a path or file bytes), decoded here; anything else is pixels already.
+ENCODED = (str, Path, bytes, bytearray, memoryview)
 
 
 def to_rgb_image(image, max_pixels: int | None = None, channels: str = "rgb", *,
@@ -30,7 +32,7 @@ def to_rgb_image(image, max_pixels: int | None = None, channels: str = "rgb", *,
     also a ValueError) or TypeError."""
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', not {channels!r}")
-    if isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+    if isinstance(image, ENCODED):
         img = open_image(Path(image) if isinstance(image, str) else image, max_pixels=max_pixels,
                          reduce_to_fit=reduce_to_fit, at_least=at_least)
         original_size = img.info.get("faceage_original_size")

@@ -18,7 +18,7 @@ from ..labels import age_to_bin, bin_labels
 from ..preprocess import ImageDecodeError, frame
 from .align import align_face, photo_px_per_crop_px
 from .detector import Detection
-from .inputs import to_rgb_image, video_frames
+from .inputs import ENCODED, to_rgb_image, video_frames
 from .results import Face, PhotoResult
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default.onnx"
@@ -294,9 +294,6 @@ def describe_error(exc: Exception) -> str:
         helpful = ("image too large", "permission denied", "unsupported array", "unsupported image", "empty image")
         return exc.reason + (f": {exc.detail}" if exc.detail and exc.reason in helpful else "")
     return str(exc)
-
-
-ENCODED = (str, Path, bytes, bytearray, memoryview)        # inputs that the predictor decodes itself
 
 
 def _photo_size(image, rgb: Image.Image) -> tuple[int, int]:
